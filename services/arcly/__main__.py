@@ -1,0 +1,5 @@
+import sys
+
+from arcly.node.cli import main
+
+sys.exit(main())

@@ -1,0 +1,46 @@
+"""The arcly media kernel: standard library only.
+
+Publish frames into a stream, fan them out to subscribers without copying, start new
+viewers at once from the GOP cache, and run protocol handlers with coordinated teardown.
+Redis, gRPC, OpenTelemetry and uvloop live in adapters around this package.
+"""
+
+from .config import EngineConfig
+from .engine import Engine
+from .errors import (
+    ArclyError,
+    AuthError,
+    HandlerCrashed,
+    InvalidStreamKey,
+    ProtocolError,
+    StreamBusy,
+    StreamNotFound,
+)
+from .extension import (
+    Action,
+    AllowAll,
+    AuthProvider,
+    AuthRequest,
+    KeyOwnership,
+    LocalOwnership,
+    MediaSource,
+    NullObserver,
+    Observer,
+    ProtocolHandler,
+    PublishRegistry,
+    Storage,
+    StorageWriter,
+)
+from .frame import Frame, FrameKind
+from .gop import GopCache
+from .key import StreamKey
+from .shutdown import ShutdownToken
+from .stream import PublishHandle, Stream, Subscription
+
+__all__ = [
+    "Action", "AllowAll", "ArclyError", "AuthError", "AuthProvider", "AuthRequest", "Engine",
+    "EngineConfig", "Frame", "FrameKind", "GopCache", "HandlerCrashed", "InvalidStreamKey",
+    "KeyOwnership", "LocalOwnership", "MediaSource", "NullObserver", "Observer", "ProtocolError",
+    "ProtocolHandler", "PublishHandle", "PublishRegistry", "ShutdownToken", "Storage",
+    "StorageWriter", "Stream", "StreamBusy", "StreamKey", "StreamNotFound", "Subscription",
+]

@@ -1,0 +1,36 @@
+"""Kernel configuration: one frozen object, defaults in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Tunables of the media kernel.
+
+    ``idle_timeout``: seconds without a frame before the reaper ends a publish (None: never).
+    ``gop_max_frames`` / ``gop_max_bytes``: cap of the cached GOP; past it the cache holds only
+    configuration until the next keyframe.
+    ``viewer_backlog_frames`` / ``viewer_backlog_bytes``: a viewer whose pending frames exceed
+    either cap skips to the next keyframe; ``viewer_max_skips`` skips within
+    ``viewer_skip_window`` seconds disconnect it.
+    ``shutdown_grace``: seconds handlers get to wind down after shutdown before being cancelled.
+    """
+
+    idle_timeout: float | None = 30.0
+    gop_max_frames: int = 1024
+    gop_max_bytes: int = 16 * 1024 * 1024
+    viewer_backlog_frames: int = 1024
+    viewer_backlog_bytes: int = 8 * 1024 * 1024
+    viewer_max_skips: int = 3
+    viewer_skip_window: float = 30.0
+    shutdown_grace: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.idle_timeout is not None and self.idle_timeout <= 0:
+            raise ValueError("idle_timeout must be positive or None")
+        for name in ("gop_max_frames", "gop_max_bytes", "viewer_backlog_frames",
+                     "viewer_backlog_bytes", "viewer_max_skips"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")

@@ -1,0 +1,265 @@
+"""The engine: the publish registry, the run loop and the idle reaper."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Sequence
+
+from .config import EngineConfig
+from .errors import ArclyError, HandlerCrashed, StreamBusy, StreamNotFound
+from .extension import (
+    AllowAll,
+    AuthProvider,
+    AuthRequest,
+    KeyOwnership,
+    LocalOwnership,
+    MediaSource,
+    NullObserver,
+    Observer,
+    ProtocolHandler,
+)
+from .key import StreamKey
+from .shutdown import ShutdownToken
+from .stream import Clock, PublishHandle, Stream, Subscription
+
+log = logging.getLogger("arcly.engine")
+
+
+class Engine:
+    """The media kernel. One per process; protocol handlers reach it as a ``PublishRegistry``.
+
+    >>> import asyncio
+    >>> from arcly.engine import Engine, StreamKey, Frame, FrameKind
+    >>> async def demo() -> int:
+    ...     engine = Engine()
+    ...     key = StreamKey("live", "demo")
+    ...     handle = await engine.start_publish(key)
+    ...     viewer = await engine.subscribe(key)
+    ...     handle.publish_frame(Frame(FrameKind.VIDEO, 0, b"\\x17\\x01", keyframe=True))
+    ...     return len(await viewer.next_batch())
+    >>> asyncio.run(demo())
+    1
+    """
+
+    def __init__(self, config: EngineConfig | None = None, *, observer: Observer | None = None,
+                 auth: AuthProvider | None = None, ownership: KeyOwnership | None = None,
+                 clock: Clock = time.monotonic) -> None:
+        self.config = config or EngineConfig()
+        self.observer: Observer = observer or NullObserver()
+        self.auth: AuthProvider = auth or AllowAll()
+        self.ownership: KeyOwnership = ownership or LocalOwnership()
+        self.clock = clock
+        self._streams: dict[StreamKey, Stream] = {}
+        self._claiming: set[StreamKey] = set()
+
+    # -- publish registry -------------------------------------------------------------------
+
+    async def authorize(self, request: AuthRequest) -> None:
+        await self.auth.authorize(request)
+
+    async def start_publish(self, key: StreamKey, *, protocol: str = "",
+                            peer: str = "") -> PublishHandle:
+        """Claim ``key`` and open its stream. Raises ``StreamBusy`` if it is taken."""
+        if key in self._streams or key in self._claiming:
+            raise StreamBusy(f"{key} is already being published")
+        self._claiming.add(key)
+        try:
+            token = await self.ownership.claim(key)
+        finally:
+            self._claiming.discard(key)
+        stream = Stream(key, protocol=protocol, peer=peer, token=token, config=self.config,
+                        observer=self.observer, clock=self.clock)
+        self._streams[key] = stream
+        self.observer.on_publish_start(key, protocol, peer)
+        return PublishHandle(stream)
+
+    async def end_publish(self, key: StreamKey, reason: str = "ended") -> bool:
+        """End the publish on ``key``: viewers get the end of stream, the key is free again.
+        Returns False if nothing was published there."""
+        stream = self._streams.pop(key, None)
+        if stream is None:
+            return False
+        stream.end(reason)
+        self.observer.on_publish_end(key, stream.protocol, stream.peer, reason)
+        try:
+            await self.ownership.release(key, stream.token)
+        except ArclyError as exc:
+            log.warning("ownership release failed stream=%s error=%s", key, exc)
+        return True
+
+    async def subscribe(self, key: StreamKey, *, protocol: str = "",
+                        peer: str = "") -> Subscription:
+        """Join ``key``'s stream. The first batch holds configuration + the cached GOP."""
+        stream = self._streams.get(key)
+        if stream is None:
+            raise StreamNotFound(f"{key} is not being published")
+        sub = Subscription(stream, protocol=protocol, peer=peer)
+        stream.subscribers.add(sub)
+        self.observer.on_play_start(key, protocol, peer)
+        return sub
+
+    def stream(self, key: StreamKey) -> Stream | None:
+        return self._streams.get(key)
+
+    def streams(self) -> list[Stream]:
+        return list(self._streams.values())
+
+    # -- run loop ---------------------------------------------------------------------------
+
+    async def serve(self, handlers: Sequence[ProtocolHandler], shutdown: ShutdownToken) -> None:
+        """Run every handler until ``shutdown`` fires, then let them wind down.
+
+        Coordinated teardown: when any handler returns — cleanly, with an error or by crashing —
+        ``shutdown`` is cancelled so the others wind down too. Handlers that ignore the token
+        longer than ``config.shutdown_grace`` seconds are cancelled. Streams still live at the
+        end are ended with reason "shutdown". Raises the first handler error, once all handlers
+        have returned (a non-``ArclyError`` is wrapped in ``HandlerCrashed``).
+        """
+        errors: list[BaseException] = []
+
+        async def run_one(handler: ProtocolHandler) -> None:
+            with shutdown.guard():
+                log.info("handler starting protocol=%s", handler.name)
+                try:
+                    await handler.run(self, shutdown)
+                except asyncio.CancelledError:
+                    log.warning("handler cancelled protocol=%s", handler.name)
+                    raise
+                except ArclyError as exc:
+                    log.error("handler failed protocol=%s error=%s", handler.name, exc)
+                    errors.append(exc)
+                except Exception as exc:
+                    log.exception("handler crashed protocol=%s", handler.name)
+                    crashed = HandlerCrashed(f"{handler.name} handler crashed: {exc!r}")
+                    crashed.__cause__ = exc
+                    errors.append(crashed)
+                else:
+                    log.info("handler stopped protocol=%s", handler.name)
+
+        tasks = [asyncio.create_task(run_one(h), name=f"arcly-{h.name}") for h in handlers]
+        try:
+            await shutdown.wait()
+            if tasks:
+                _, stragglers = await asyncio.wait(tasks, timeout=self.config.shutdown_grace)
+                for task in stragglers:
+                    log.warning("handler ignored shutdown; cancelling task=%s", task.get_name())
+                    task.cancel()
+        finally:
+            shutdown.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for key in list(self._streams):
+                await self.end_publish(key, "shutdown")
+        if errors:
+            raise errors[0]
+
+    async def serve_until_signal(self, handlers: Sequence[ProtocolHandler],
+                                 shutdown: ShutdownToken | None = None) -> None:
+        """Like ``serve``, but cancels the token on SIGINT or SIGTERM — the signals
+        orchestrators (systemd, Kubernetes) stop a process with."""
+        token = shutdown or ShutdownToken()
+        loop = asyncio.get_running_loop()
+        installed: list[signal.Signals] = []
+
+        def on_signal(sig: signal.Signals) -> None:
+            log.info("signal received signal=%s; shutting down", sig.name)
+            token.cancel()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, on_signal, sig)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError) as exc:
+                log.error("cannot install signal handler signal=%s error=%s", sig.name, exc)
+        try:
+            await self.serve(handlers, token)
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+
+    async def pump_source(self, key: StreamKey, source: MediaSource, shutdown: ShutdownToken,
+                          *, protocol: str = "source", peer: str = "") -> None:
+        """Claim ``key``, publish every frame ``source`` yields, and always release the key —
+        on exhaustion, on a source error (re-raised), on shutdown, or when the publish is
+        ended from outside (reaped, kicked)."""
+        handle = await self.start_publish(key, protocol=protocol, peer=peer)
+        reason = "source ended"
+
+        async def pump() -> None:
+            while True:
+                frame = await source.next_frame()
+                if frame is None or not handle.publish_frame(frame):
+                    return
+
+        pump_task = asyncio.create_task(pump())
+        stop_task = asyncio.create_task(shutdown.wait())
+        ended_task = asyncio.create_task(handle.ended.wait())
+        try:
+            await asyncio.wait({pump_task, stop_task, ended_task},
+                               return_when=asyncio.FIRST_COMPLETED)
+            if pump_task.done():
+                exc = pump_task.exception()
+                if exc is not None:
+                    reason = "source error"
+                    log.warning("media source failed stream=%s error=%r", key, exc)
+                    raise exc
+            elif stop_task.done():
+                reason = "shutdown"
+        finally:
+            for task in (pump_task, stop_task, ended_task):
+                task.cancel()
+            await asyncio.gather(pump_task, stop_task, ended_task, return_exceptions=True)
+            if not handle.ended.cancelled:
+                await self.end_publish(key, reason)
+            close = getattr(source, "aclose", None)
+            if close is not None:
+                try:
+                    await close()
+                except Exception:
+                    log.exception("media source close failed stream=%s", key)
+
+    # -- idle reaper ------------------------------------------------------------------------
+
+    async def reap_idle(self) -> int:
+        """End every stream with no frame for ``config.idle_timeout`` seconds, telling the
+        observer. Returns how many were reaped; a no-op without an idle timeout."""
+        timeout = self.config.idle_timeout
+        if timeout is None:
+            return 0
+        now = self.clock()
+        # Collect victims first; ending a stream mutates the table.
+        victims = [s.key for s in self._streams.values() if now - s.last_frame_at >= timeout]
+        reaped = 0
+        for key in victims:
+            self.observer.on_stream_reaped(key)
+            log.info("reaping idle stream stream=%s idle_timeout=%s", key, timeout)
+            if await self.end_publish(key, "idle"):
+                reaped += 1
+        return reaped
+
+    def spawn_idle_reaper(self, interval: float,
+                          shutdown: ShutdownToken) -> asyncio.Task[None] | None:
+        """Start a task that calls ``reap_idle`` every ``interval`` seconds until ``shutdown``.
+        Returns None (and starts nothing) without an idle timeout; the caller owns the task."""
+        if self.config.idle_timeout is None:
+            return None
+
+        async def reaper() -> None:
+            while not shutdown.cancelled:
+                try:
+                    await asyncio.wait_for(shutdown.wait(), timeout=interval)
+                except TimeoutError:
+                    pass
+                else:
+                    return
+                try:
+                    reaped = await self.reap_idle()
+                except Exception:
+                    log.exception("idle reaper sweep failed")
+                    continue
+                if reaped:
+                    log.info("idle reaper swept reaped=%d", reaped)
+
+        return asyncio.create_task(reaper(), name="arcly-idle-reaper")

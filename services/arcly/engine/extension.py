@@ -1,0 +1,172 @@
+"""Extension points of the kernel, as structural ``typing.Protocol``s.
+
+Anything with the right methods plugs in: a protocol listener (``ProtocolHandler``), an
+in-process frame producer (``MediaSource``), a cluster-wide key owner (``KeyOwnership``), an
+``Observer`` of stream life, an ``AuthProvider`` and a recording ``Storage`` backend.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from .frame import Frame
+from .key import StreamKey
+
+if TYPE_CHECKING:
+    from .shutdown import ShutdownToken
+    from .stream import PublishHandle, Subscription
+
+
+class Action(enum.Enum):
+    PUBLISH = "publish"
+    PLAY = "play"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthRequest:
+    """Who wants to do what: handed to the ``AuthProvider`` before a publish or play starts."""
+
+    action: Action
+    key: StreamKey
+    protocol: str
+    peer: str
+    query: Mapping[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class PublishRegistry(Protocol):
+    """What a protocol handler sees of the kernel: publish, subscribe, authorize."""
+
+    async def authorize(self, request: AuthRequest) -> None: ...
+
+    async def start_publish(self, key: StreamKey, *, protocol: str = "",
+                            peer: str = "") -> PublishHandle: ...
+
+    async def end_publish(self, key: StreamKey, reason: str = "ended") -> bool: ...
+
+    async def subscribe(self, key: StreamKey, *, protocol: str = "",
+                        peer: str = "") -> Subscription: ...
+
+
+@runtime_checkable
+class ProtocolHandler(Protocol):
+    """A listener (RTMP, HTTP, the relay server, ...). ``run`` returns once ``shutdown`` fires
+    and its connections have wound down."""
+
+    name: str
+
+    async def run(self, registry: PublishRegistry, shutdown: ShutdownToken) -> None: ...
+
+
+@runtime_checkable
+class MediaSource(Protocol):
+    """An in-process producer of frames (a file, a relay upstream, a test generator).
+    ``next_frame`` returns ``None`` when the source is exhausted."""
+
+    async def next_frame(self) -> Frame | None: ...
+
+
+@runtime_checkable
+class KeyOwnership(Protocol):
+    """Who owns a stream key. Local by default; the cluster plugs in a Redis lease here.
+    ``claim`` returns a fencing token (monotonic per key) or raises ``StreamBusy``."""
+
+    async def claim(self, key: StreamKey) -> int: ...
+
+    async def release(self, key: StreamKey, token: int) -> None: ...
+
+
+@runtime_checkable
+class Observer(Protocol):
+    """Told about stream life. Called on the event loop: must not block, must not raise."""
+
+    def on_publish_start(self, key: StreamKey, protocol: str, peer: str) -> None: ...
+
+    def on_publish_end(self, key: StreamKey, protocol: str, peer: str, reason: str) -> None: ...
+
+    def on_play_start(self, key: StreamKey, protocol: str, peer: str) -> None: ...
+
+    def on_play_end(self, key: StreamKey, protocol: str, peer: str, reason: str) -> None: ...
+
+    def on_stream_reaped(self, key: StreamKey) -> None: ...
+
+    def on_viewer_skipped(self, key: StreamKey, protocol: str, peer: str, dropped: int) -> None: ...
+
+
+@runtime_checkable
+class AuthProvider(Protocol):
+    """Decides whether a publish or play may start; raises ``AuthError`` to refuse."""
+
+    async def authorize(self, request: AuthRequest) -> None: ...
+
+
+@runtime_checkable
+class StorageWriter(Protocol):
+    """One file being written. Blocking calls: the recorder runs them off the event loop."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def sync(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """Where recordings go. ``name`` is a relative, validated path built from a ``StreamKey``."""
+
+    def open(self, name: str) -> StorageWriter: ...
+
+
+class NullObserver:
+    """The observer that observes nothing."""
+
+    def on_publish_start(self, key: StreamKey, protocol: str, peer: str) -> None:
+        pass
+
+    def on_publish_end(self, key: StreamKey, protocol: str, peer: str, reason: str) -> None:
+        pass
+
+    def on_play_start(self, key: StreamKey, protocol: str, peer: str) -> None:
+        pass
+
+    def on_play_end(self, key: StreamKey, protocol: str, peer: str, reason: str) -> None:
+        pass
+
+    def on_stream_reaped(self, key: StreamKey) -> None:
+        pass
+
+    def on_viewer_skipped(self, key: StreamKey, protocol: str, peer: str, dropped: int) -> None:
+        pass
+
+
+class AllowAll:
+    """The auth provider that allows everything (the single-node default)."""
+
+    async def authorize(self, request: AuthRequest) -> None:
+        return None
+
+
+class LocalOwnership:
+    """Key ownership within one process: the kernel's own table is the source of truth."""
+
+    def __init__(self) -> None:
+        self._tokens: dict[StreamKey, int] = {}
+        self._held: set[StreamKey] = set()
+
+    async def claim(self, key: StreamKey) -> int:
+        from .errors import StreamBusy
+
+        if key in self._held:
+            raise StreamBusy(f"{key} is already being published")
+        self._held.add(key)
+        token = self._tokens.get(key, 0) + 1
+        self._tokens[key] = token
+        return token
+
+    async def release(self, key: StreamKey, token: int) -> None:
+        if self._tokens.get(key) == token:
+            self._held.discard(key)

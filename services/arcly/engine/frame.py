@@ -1,0 +1,39 @@
+"""Frames: one audio, video or data message as it travels from a publisher to every viewer."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class FrameKind(enum.IntEnum):
+    """The FLV tag type / RTMP message type of a frame."""
+
+    AUDIO = 8
+    VIDEO = 9
+    DATA = 18
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One media message. ``payload`` is the FLV tag body (codec header bytes included).
+
+    ``keyframe`` marks a video frame a decoder can start from; ``config`` marks codec
+    configuration (AVC/HEVC sequence header, AAC AudioSpecificConfig) or stream metadata,
+    which the GOP cache keeps for the life of the stream.
+
+    ``encodings`` is the per-protocol wire form of this frame (an RTMP chunk run, an FLV tag),
+    built once by the first viewer that needs it and shared by every other viewer: a frame's
+    bytes are never copied per viewer.
+    """
+
+    kind: FrameKind
+    timestamp: int
+    payload: bytes
+    keyframe: bool = False
+    config: bool = False
+    encodings: dict[object, bytes] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def size(self) -> int:
+        return len(self.payload)

@@ -1,0 +1,58 @@
+"""Parsing an HTTP/1.x request head, sans-I/O, with hard limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, unquote
+
+from arcly.engine.errors import ProtocolError
+
+MAX_HEAD = 16 * 1024
+MAX_HEADERS = 64
+_TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    method: str
+    path: str
+    query: dict[str, str]
+    version: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def parse_request(head: bytes) -> Request:
+    """Parse everything up to (not including) the blank line that ends the head."""
+    if len(head) > MAX_HEAD:
+        raise ProtocolError(f"HTTP: request head over {MAX_HEAD} bytes")
+    try:
+        text = head.decode("latin-1")
+    except UnicodeDecodeError as exc:  # pragma: no cover - latin-1 decodes every byte
+        raise ProtocolError("HTTP: undecodable request head") from exc
+    lines = text.split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3:
+        raise ProtocolError("HTTP: malformed request line")
+    method, target, version = parts
+    if not method or not all(ord(c) in _TOKEN for c in method):
+        raise ProtocolError("HTTP: malformed method")
+    if version not in ("HTTP/1.0", "HTTP/1.1"):
+        raise ProtocolError(f"HTTP: unsupported version {version[:16]!r}")
+    if not target.startswith("/"):
+        raise ProtocolError("HTTP: request target must be an absolute path")
+    raw_path, _, raw_query = target.partition("?")
+    path = unquote(raw_path, errors="strict") if "%" in raw_path else raw_path
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+        raise ProtocolError("HTTP: control characters in path")
+    headers: dict[str, str] = {}
+    if len(lines) - 1 > MAX_HEADERS:
+        raise ProtocolError(f"HTTP: more than {MAX_HEADERS} headers")
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, sep, value = line.partition(":")
+        if not sep or not name or name != name.strip() or not all(ord(c) in _TOKEN for c in name):
+            raise ProtocolError("HTTP: malformed header line")
+        headers[name.lower()] = value.strip()
+    query = dict(parse_qsl(raw_query, keep_blank_values=True))
+    return Request(method, path, query, version, headers)

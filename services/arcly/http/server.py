@@ -1,0 +1,202 @@
+"""The node's HTTP listener: HTTP-FLV playback and health probes.
+
+``GET /{app}/{stream}.flv`` streams FLV: header, metadata, sequence headers, the cached GOP,
+then live tags, until the stream ends (the response ends with it). One request per connection
+(``Connection: close``), the way flv.js and mpegts.js use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+
+from arcly.engine import (
+    Action,
+    AuthError,
+    AuthRequest,
+    InvalidStreamKey,
+    ProtocolError,
+    PublishRegistry,
+    ShutdownToken,
+    StreamKey,
+    StreamNotFound,
+    Subscription,
+)
+from arcly.media import flv
+from arcly.protocols.egress import deliver
+
+from .request import MAX_HEAD, Request, parse_request
+
+log = logging.getLogger("arcly.http")
+
+_REASONS = {200: "OK", 204: "No Content", 400: "Bad Request", 403: "Forbidden",
+            404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
+            431: "Request Header Fields Too Large", 503: "Service Unavailable"}
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSettings:
+    header_timeout: float = 10.0
+    write_buffer_high: int = 512 * 1024
+    stall_timeout: float = 10.0
+
+
+class HttpServer:
+    """Serves HTTP-FLV and ``/healthz`` on one listener."""
+
+    name = "http"
+
+    def __init__(self, host: str, port: int, settings: HttpSettings | None = None) -> None:
+        self.host = host
+        self.port = port
+        self.settings = settings or HttpSettings()
+        self.addresses: list[tuple[str, int]] = []
+        self.ready = asyncio.Event()
+        self._connections: set[asyncio.Task[None]] = set()
+        self._subs: set[Subscription] = set()
+        self._stopping = False
+
+    async def run(self, registry: PublishRegistry, shutdown: ShutdownToken) -> None:
+        async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            self._connections.add(task)
+            try:
+                await self._handle(registry, reader, writer)
+            finally:
+                self._connections.discard(task)
+
+        server = await asyncio.start_server(on_client, self.host, self.port, limit=MAX_HEAD)
+        self.addresses = [sock.getsockname()[:2] for sock in server.sockets]
+        for host, port in self.addresses:
+            log.info("listening protocol=http address=%s:%d", host, port)
+        self.ready.set()
+        try:
+            await shutdown.wait()
+        finally:
+            self._stopping = True
+            server.close()
+            for sub in list(self._subs):
+                sub.close("shutdown")
+            if self._connections:
+                await asyncio.wait(list(self._connections), timeout=5.0)
+            for task in list(self._connections):
+                task.cancel()
+
+    async def _handle(self, registry: PublishRegistry, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        peername = writer.get_extra_info("peername")
+        peer = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else str(peername)
+        writer.transport.set_write_buffer_limits(high=self.settings.write_buffer_high)
+        try:
+            try:
+                async with asyncio.timeout(self.settings.header_timeout):
+                    head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.LimitOverrunError:
+                self._respond(writer, 431, "request head too large\n")
+                return
+            except asyncio.IncompleteReadError:
+                return
+            except TimeoutError:
+                self._respond(writer, 408, "request timeout\n")
+                return
+            try:
+                request = parse_request(head[:-4])
+            except ProtocolError as exc:
+                log.info("http bad request peer=%s error=%s", peer, exc)
+                self._respond(writer, 400, f"{exc}\n")
+                return
+            await self._route(registry, request, reader, writer, peer)
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+            try:
+                async with asyncio.timeout(2.0):
+                    await writer.wait_closed()
+            except (TimeoutError, ConnectionError, OSError):
+                writer.transport.abort()
+
+    def _respond(self, writer: asyncio.StreamWriter, status: int, body: str = "",
+                 content_type: str = "text/plain; charset=utf-8", head_only: bool = False,
+                 extra: dict[str, str] | None = None) -> None:
+        payload = body.encode()
+        headers = {"Content-Type": content_type, "Content-Length": str(len(payload)),
+                   "Connection": "close", "Access-Control-Allow-Origin": "*",
+                   "Cache-Control": "no-cache", **(extra or {})}
+        lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + (b"" if head_only else payload))
+
+    async def _route(self, registry: PublishRegistry, request: Request,
+                     reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     peer: str) -> None:
+        if request.method == "OPTIONS":
+            self._respond(writer, 204, extra={"Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",
+                                              "Access-Control-Allow-Headers": "*"})
+            return
+        if request.method not in ("GET", "HEAD"):
+            self._respond(writer, 405, "method not allowed\n", extra={"Allow": "GET, HEAD"})
+            return
+        head_only = request.method == "HEAD"
+        if request.path in ("/healthz", "/readyz"):
+            ready = not self._stopping
+            self._respond(writer, 200 if ready else 503,
+                          json.dumps({"status": "ok" if ready else "stopping"}) + "\n",
+                          "application/json", head_only)
+            return
+        parts = request.path.strip("/").split("/")
+        if len(parts) == 2 and parts[1].endswith(".flv"):
+            await self._play_flv(registry, request, parts[0], parts[1][:-4], reader, writer,
+                                 peer, head_only)
+            return
+        self._respond(writer, 404, "not found\n", head_only=head_only)
+
+    async def _play_flv(self, registry: PublishRegistry, request: Request, app: str,
+                        name: str, reader: asyncio.StreamReader,
+                        writer: asyncio.StreamWriter, peer: str, head_only: bool) -> None:
+        try:
+            key = StreamKey(app, name)
+            await registry.authorize(AuthRequest(Action.PLAY, key, "http-flv", peer,
+                                                 request.query))
+            sub = await registry.subscribe(key, protocol="http-flv", peer=peer)
+        except (InvalidStreamKey, StreamNotFound) as exc:
+            self._respond(writer, 404, f"{exc}\n", head_only=head_only)
+            return
+        except AuthError as exc:
+            self._respond(writer, 403, f"{exc}\n", head_only=head_only)
+            return
+        self._subs.add(sub)
+        eof_watch = asyncio.create_task(self._close_on_eof(reader, sub))
+        reason = "client closed"
+        try:
+            gop = sub.stream.gop
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: video/x-flv\r\n"
+                         b"Connection: close\r\nCache-Control: no-cache\r\n"
+                         b"Access-Control-Allow-Origin: *\r\n\r\n")
+            if head_only:
+                reason = "head request"
+                return
+            writer.write(flv.file_header(audio=gop.audio_config is not None or not gop.has_video,
+                                         video=gop.has_video or gop.audio_config is None))
+            reason = await deliver(sub, writer, flv.frame_tag,
+                                   stall_timeout=self.settings.stall_timeout)
+            if not writer.transport.is_closing():
+                await writer.drain()
+        finally:
+            sub.close(reason)
+            self._subs.discard(sub)
+            eof_watch.cancel()
+
+    @staticmethod
+    async def _close_on_eof(reader: asyncio.StreamReader, sub: Subscription) -> None:
+        """A player that hangs up while the stream is quiet must not linger until the next
+        frame: watch the request side for EOF."""
+        try:
+            while await reader.read(4096):
+                pass
+        except (ConnectionError, OSError):
+            pass
+        sub.close("client closed")

@@ -1,0 +1,1 @@
+"""The node: configuration, roles and the process entry point (``arcly``)."""

@@ -1,0 +1,144 @@
+"""Node configuration: one object from CLI flags and ``ARCLY_*`` env vars (flags win).
+
+Every flag ``--some-thing`` has the env twin ``ARCLY_SOME_THING``; defaults live here only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Address:
+        host, sep, port = text.rpartition(":")
+        if not sep:
+            raise ValueError(f"address {text!r} is not HOST:PORT")
+        host = host.strip("[]") or "0.0.0.0"
+        try:
+            number = int(port)
+        except ValueError:
+            raise ValueError(f"address {text!r}: port {port!r} is not a number") from None
+        if not 0 <= number <= 65535:
+            raise ValueError(f"address {text!r}: port {number} out of range")
+        return cls(host, number)
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    rtmp_listen: Address = Address("0.0.0.0", 1935)
+    http_listen: Address = Address("0.0.0.0", 8080)
+    idle_timeout: float | None = 30.0
+    log_level: str = "info"
+    log_json: bool = False
+    chunk_size: int = 4096
+    max_message_size: int = 8 * 1024 * 1024
+    gop_max_bytes: int = 16 * 1024 * 1024
+    viewer_backlog_bytes: int = 8 * 1024 * 1024
+
+
+def _positive_float_or_off(text: str) -> float | None:
+    if text.strip().lower() in ("0", "off", "none", "never"):
+        return None
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be positive (or 0/off to disable)")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
+def _address(text: str) -> Address:
+    try:
+        return Address.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not a boolean")
+
+
+# (flag, type, help) — the env var is ARCLY_ + the flag upper-cased with dashes as underscores.
+_OPTIONS: list[tuple[str, object, str]] = [
+    ("--rtmp-listen", _address, "RTMP listen address HOST:PORT (port 0 picks a free port)"),
+    ("--http-listen", _address, "HTTP listen address HOST:PORT (HTTP-FLV, health)"),
+    ("--idle-timeout", _positive_float_or_off,
+     "seconds without a frame before a publish is reaped (0/off: never)"),
+    ("--log-level", str, "debug, info, warning or error"),
+    ("--log-json", _bool, "log JSON lines instead of key=value text"),
+    ("--chunk-size", _positive_int, "outgoing RTMP chunk size in bytes"),
+    ("--max-message-size", _positive_int, "largest RTMP message accepted, in bytes"),
+    ("--gop-max-bytes", _positive_int, "cap of the per-stream GOP cache, in bytes"),
+    ("--viewer-backlog-bytes", _positive_int,
+     "per-viewer backlog cap before skipping to the next keyframe, in bytes"),
+]
+
+
+def env_name(flag: str) -> str:
+    return "ARCLY_" + flag.lstrip("-").upper().replace("-", "_")
+
+
+def add_node_options(parser: argparse.ArgumentParser) -> None:
+    defaults = NodeConfig()
+    for flag, kind, help_text in _OPTIONS:
+        attr = flag.lstrip("-").replace("-", "_")
+        parser.add_argument(flag, type=kind, default=None,  # type: ignore[arg-type]
+                            help=f"{help_text} [env {env_name(flag)}; default "
+                                 f"{getattr(defaults, attr)}]")
+
+
+def build_config(args: argparse.Namespace, env: Mapping[str, str] | None = None,
+                 parser: argparse.ArgumentParser | None = None) -> NodeConfig:
+    """Flags first, then ``ARCLY_*`` env vars, then defaults."""
+    env = os.environ if env is None else env
+    values: dict[str, object] = {}
+    for flag, kind, _ in _OPTIONS:
+        attr = flag.lstrip("-").replace("-", "_")
+        value = getattr(args, attr, None)
+        if value is None and env_name(flag) in env:
+            raw = env[env_name(flag)]
+            try:
+                value = kind(raw)  # type: ignore[operator]
+            except (ValueError, argparse.ArgumentTypeError) as exc:
+                message = f"{env_name(flag)}={raw!r}: {exc}"
+                if parser is not None:
+                    parser.error(message)
+                raise ValueError(message) from None
+        if value is not None:
+            values[attr] = value
+    config = NodeConfig(**values)  # type: ignore[arg-type]
+    if config.log_level not in LOG_LEVELS:
+        message = f"log level {config.log_level!r} is not one of {', '.join(LOG_LEVELS)}"
+        if parser is not None:
+            parser.error(message)
+        raise ValueError(message)
+    return config
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="arcly")
+    add_node_options(parser)
+    return parser.parse_args(argv)

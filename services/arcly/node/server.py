@@ -1,0 +1,50 @@
+"""The single-node role: origin and edge in one process, in-memory registry.
+
+Owns the process lifecycle: build the engine and listeners, run them until SIGINT/SIGTERM,
+then stop accepting, end every stream cleanly (viewers get end-of-stream) and exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from arcly.engine import Engine, EngineConfig, Observer, ShutdownToken
+from arcly.http.server import HttpServer
+from arcly.observe import LoggingObserver
+from arcly.protocols.rtmp import RtmpServer, RtmpSettings
+
+from .config import NodeConfig
+
+log = logging.getLogger("arcly.node")
+
+
+def build_engine(config: NodeConfig, observer: Observer | None = None) -> Engine:
+    engine_config = EngineConfig(
+        idle_timeout=config.idle_timeout,
+        gop_max_bytes=config.gop_max_bytes,
+        viewer_backlog_bytes=config.viewer_backlog_bytes,
+    )
+    return Engine(engine_config, observer=observer or LoggingObserver())
+
+
+async def serve_single(config: NodeConfig, shutdown: ShutdownToken | None = None,
+                       engine: Engine | None = None) -> None:
+    """Run ``arcly serve`` until a signal (or ``shutdown``) stops it."""
+    engine = engine or build_engine(config)
+    rtmp = RtmpServer(config.rtmp_listen.host, config.rtmp_listen.port,
+                      RtmpSettings(chunk_size=config.chunk_size,
+                                   max_message_size=config.max_message_size))
+    http = HttpServer(config.http_listen.host, config.http_listen.port)
+    token = shutdown or ShutdownToken()
+    reaper = engine.spawn_idle_reaper(min(5.0, (config.idle_timeout or 5.0) / 2), token)
+    log.info("node starting role=single rtmp=%s http=%s idle_timeout=%s loop=%s",
+             config.rtmp_listen, config.http_listen, config.idle_timeout,
+             type(asyncio.get_running_loop()).__module__)
+    try:
+        await engine.serve_until_signal([rtmp, http], token)
+    finally:
+        token.cancel()
+        if reaper is not None:
+            await asyncio.gather(reaper, return_exceptions=True)
+    log.info("node stopped")

@@ -1,0 +1,1 @@
+"""Protocol implementations: each a sans-I/O core plus a thin asyncio adapter."""

@@ -1,0 +1,69 @@
+"""What an RTMP connection tells its adapter: small immutable events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from arcly.engine.frame import FrameKind
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Base of every RTMP event."""
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeDone(Event):
+    digest: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Connected(Event):
+    """``connect`` was accepted (the core answers it itself)."""
+
+    app: str
+    tc_url: str
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class PublishRequested(Event):
+    stream_id: int
+    name: str
+    query: str
+    publish_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class PlayRequested(Event):
+    stream_id: int
+    name: str
+    query: str
+    start: float
+
+
+@dataclass(frozen=True, slots=True)
+class StreamClosed(Event):
+    """``deleteStream``, ``closeStream`` or ``FCUnpublish``: the publish or play on that
+    message stream is over."""
+
+    stream_id: int
+    command: str
+
+
+@dataclass(frozen=True, slots=True)
+class MediaReceived(Event):
+    """Audio, video or data for a publishing message stream (``@setDataFrame`` unwrapped,
+    aggregates split)."""
+
+    stream_id: int
+    kind: FrameKind
+    timestamp: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PauseRequested(Event):
+    stream_id: int
+    paused: bool

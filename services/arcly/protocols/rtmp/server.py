@@ -1,0 +1,302 @@
+"""The asyncio adapter around ``RtmpConnection``: a ``ProtocolHandler`` for the engine.
+
+It moves bytes between sockets and the sans-I/O connection and turns events into kernel calls.
+Every wait on the network has a deadline: the handshake, the first publish/play command, and a
+publisher's silence. Protocol errors close only the offending connection, with one log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from urllib.parse import parse_qsl
+
+from arcly.engine import (
+    Action,
+    ArclyError,
+    AuthError,
+    AuthRequest,
+    Frame,
+    InvalidStreamKey,
+    ProtocolError,
+    PublishHandle,
+    PublishRegistry,
+    ShutdownToken,
+    StreamBusy,
+    StreamKey,
+    StreamNotFound,
+    Subscription,
+)
+from arcly.media.flv import make_frame
+from arcly.protocols.egress import deliver
+
+from .connection import RtmpConnection, State, media_chunks
+from .events import Event, MediaReceived, PlayRequested, PublishRequested, StreamClosed
+
+log = logging.getLogger("arcly.rtmp")
+
+
+@dataclass(frozen=True, slots=True)
+class RtmpSettings:
+    """Limits and timeouts of the RTMP listener (seconds, bytes)."""
+
+    chunk_size: int = 4096
+    max_message_size: int = 8 * 1024 * 1024
+    handshake_timeout: float = 10.0
+    command_timeout: float = 15.0
+    publish_idle_timeout: float = 30.0
+    write_buffer_high: int = 512 * 1024
+    stall_timeout: float = 10.0
+    read_size: int = 256 * 1024
+
+
+class RtmpServer:
+    """Listens for RTMP publishers and players."""
+
+    name = "rtmp"
+
+    def __init__(self, host: str, port: int, settings: RtmpSettings | None = None) -> None:
+        self.host = host
+        self.port = port
+        self.settings = settings or RtmpSettings()
+        self.addresses: list[tuple[str, int]] = []
+        self.ready = asyncio.Event()
+        self._sessions: set[_Session] = set()
+
+    async def run(self, registry: PublishRegistry, shutdown: ShutdownToken) -> None:
+        async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            session = _Session(self, registry, reader, writer)
+            self._sessions.add(session)
+            try:
+                await session.run()
+            finally:
+                self._sessions.discard(session)
+
+        server = await asyncio.start_server(on_client, self.host, self.port,
+                                            limit=self.settings.read_size)
+        self.addresses = [sock.getsockname()[:2] for sock in server.sockets]
+        for host, port in self.addresses:
+            log.info("listening protocol=rtmp address=%s:%d", host, port)
+        self.ready.set()
+        try:
+            await shutdown.wait()
+        finally:
+            server.close()  # stop accepting first
+            log.info("rtmp stopping sessions=%d", len(self._sessions))
+            for session in list(self._sessions):
+                await session.shutdown()
+            for _ in range(100):  # give sessions up to ~5 s to flush their goodbyes
+                if not self._sessions:
+                    break
+                await asyncio.sleep(0.05)
+            for session in list(self._sessions):
+                session.abort()
+
+
+class _Session:
+    """One RTMP connection: the sans-I/O core plus the publish or play it drives."""
+
+    def __init__(self, server: RtmpServer, registry: PublishRegistry,
+                 reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.server = server
+        self.settings = server.settings
+        self.registry = registry
+        self.reader = reader
+        self.writer = writer
+        peer = writer.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.conn = RtmpConnection(chunk_size=self.settings.chunk_size,
+                                   max_message_size=self.settings.max_message_size)
+        self.publishing: dict[int, tuple[StreamKey, PublishHandle]] = {}
+        self.playing: dict[int, tuple[Subscription, asyncio.Task[None]]] = {}
+        self.closing: str | None = None
+        self.watchers: set[asyncio.Task[None]] = set()
+        transport = writer.transport
+        transport.set_write_buffer_limits(high=self.settings.write_buffer_high)
+
+    def _flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data and not self.writer.transport.is_closing():
+            self.writer.write(data)
+
+    async def run(self) -> None:
+        reason = "client closed"
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            async with asyncio.timeout(self.settings.handshake_timeout):
+                while self.conn.state is not State.OPEN:
+                    data = await self.reader.read(self.settings.read_size)
+                    if not data:
+                        raise ProtocolError("RTMP: connection closed during the handshake")
+                    await self._process(self.conn.receive_data(data, loop.time()))
+                    self._flush()
+            while self.closing is None:
+                if self.publishing:
+                    deadline = self.settings.publish_idle_timeout
+                elif self.playing:
+                    deadline = None
+                else:
+                    deadline = max(0.0, started + self.settings.command_timeout - loop.time())
+                async with asyncio.timeout(deadline):
+                    data = await self.reader.read(self.settings.read_size)
+                if not data:
+                    break
+                await self._process(self.conn.receive_data(data, loop.time()))
+                self._flush()
+            reason = self.closing or reason
+        except ProtocolError as exc:
+            reason = "protocol error"
+            log.warning("rtmp protocol error peer=%s error=%s", self.peer, exc)
+        except TimeoutError:
+            reason = "timeout"
+            log.warning("rtmp timeout peer=%s state=%s", self.peer,
+                        "publishing" if self.publishing else self.conn.state.value)
+        except (ConnectionError, OSError) as exc:
+            reason = "connection lost"
+            log.info("rtmp connection lost peer=%s error=%s", self.peer, exc)
+        except ArclyError as exc:
+            reason = "error"
+            log.warning("rtmp error peer=%s error=%s", self.peer, exc)
+        finally:
+            await self._teardown(reason)
+
+    async def _process(self, events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, MediaReceived):
+                entry = self.publishing.get(event.stream_id)
+                if entry is not None and not entry[1].publish_frame(
+                        make_frame(event.kind, event.timestamp, event.payload)):
+                    self.closing = f"publish ended: {entry[1].end_reason}"
+                    return
+            elif isinstance(event, PublishRequested):
+                await self._publish(event)
+            elif isinstance(event, PlayRequested):
+                await self._play(event)
+            elif isinstance(event, StreamClosed):
+                await self._close_stream(event.stream_id, event.command)
+
+    def _key(self, name: str) -> StreamKey:
+        return StreamKey(self.conn.app, name)
+
+    async def _publish(self, event: PublishRequested) -> None:
+        sid = event.stream_id
+        if self.publishing or self.playing:
+            raise ProtocolError("RTMP: publish on a connection that already publishes or plays")
+        try:
+            key = self._key(event.name)
+            await self.registry.authorize(AuthRequest(Action.PUBLISH, key, "rtmp", self.peer,
+                                                      dict(parse_qsl(event.query))))
+            handle = await self.registry.start_publish(key, protocol="rtmp", peer=self.peer)
+        except (InvalidStreamKey, StreamBusy, AuthError) as exc:
+            code = ("NetStream.Publish.Unauthorized" if isinstance(exc, AuthError)
+                    else "NetStream.Publish.BadName")
+            log.warning("publish refused app=%s name=%s peer=%s code=%s reason=%s",
+                        self.conn.app, event.name[:128], self.peer, code, exc)
+            self.conn.reject_publish(sid, code, str(exc))
+            self.closing = "publish refused"
+            return
+        self.publishing[sid] = (key, handle)
+        self.conn.accept_publish(sid, event.name)
+        watcher = asyncio.create_task(self._watch_publish(handle))
+        self.watchers.add(watcher)
+
+    async def _watch_publish(self, handle: PublishHandle) -> None:
+        """A publish ended from outside (reaped, kicked, shutdown) closes the connection."""
+        await handle.ended.wait()
+        if self.closing is None and any(h is handle for _, h in self.publishing.values()):
+            self.closing = f"publish ended: {handle.end_reason}"
+            self.writer.transport.close()
+
+    async def _play(self, event: PlayRequested) -> None:
+        sid = event.stream_id
+        if self.publishing or sid in self.playing:
+            raise ProtocolError("RTMP: play on a connection that already publishes or plays")
+        try:
+            key = self._key(event.name)
+            await self.registry.authorize(AuthRequest(Action.PLAY, key, "rtmp", self.peer,
+                                                      dict(parse_qsl(event.query))))
+            sub = await self.registry.subscribe(key, protocol="rtmp", peer=self.peer)
+        except (InvalidStreamKey, StreamNotFound, AuthError) as exc:
+            code = ("NetStream.Play.Failed" if isinstance(exc, AuthError)
+                    else "NetStream.Play.StreamNotFound")
+            log.info("play refused app=%s name=%s peer=%s code=%s reason=%s",
+                     self.conn.app, event.name[:128], self.peer, code, exc)
+            self.conn.reject_play(sid, code, str(exc))
+            self.closing = "play refused"
+            return
+        self.conn.accept_play(sid, event.name)
+        self._flush()
+        task = asyncio.create_task(self._deliver(sid, event.name, sub))
+        self.playing[sid] = (sub, task)
+
+    async def _deliver(self, sid: int, name: str, sub: Subscription) -> None:
+        enc_key = ("rtmp", self.settings.chunk_size, sid)
+        chunk_size = self.settings.chunk_size
+
+        def encode(frame: Frame) -> bytes:
+            data = frame.encodings.get(enc_key)
+            if data is None:
+                data = media_chunks(frame.kind, sid, frame.timestamp, frame.payload, chunk_size)
+                frame.encodings[enc_key] = data
+            return data
+
+        reason = await deliver(sub, self.writer, encode, stall_timeout=self.settings.stall_timeout)
+        sub.close(reason)
+        if self.closing is None:
+            if sub.stream.ended.cancelled:
+                self.conn.end_play(sid, name)
+                self._flush()
+            self.closing = reason
+            # Let the goodbye reach the player, then end the connection.
+            self.writer.transport.close()
+
+    async def _close_stream(self, sid: int, command: str) -> None:
+        entry = self.publishing.pop(sid, None)
+        if entry is not None:
+            key, _ = entry
+            self.conn.end_publish(sid, key.stream)
+            await self.registry.end_publish(key, "unpublished")
+        played = self.playing.pop(sid, None)
+        if played is not None:
+            sub, task = played
+            sub.close("client stopped")
+            task.cancel()
+
+    async def shutdown(self) -> None:
+        """Node shutdown: end what this session publishes (viewers get end of stream) and
+        stop its players; the connection then closes."""
+        if self.closing is not None:
+            return
+        self.closing = "shutdown"
+        for sid, (key, _) in list(self.publishing.items()):
+            self.conn.end_publish(sid, key.stream)
+            await self.registry.end_publish(key, "shutdown")
+        self._flush()
+        self.writer.transport.close()
+
+    def abort(self) -> None:
+        self.writer.transport.abort()
+
+    async def _teardown(self, reason: str) -> None:
+        self.conn.close()
+        for key, handle in self.publishing.values():
+            if not handle.ended.cancelled:
+                await self.registry.end_publish(key, reason)
+        self.publishing.clear()
+        for sub, task in self.playing.values():
+            sub.close(reason)
+            if task is not asyncio.current_task():
+                task.cancel()
+        tasks = [t for _, t in self.playing.values()] + list(self.watchers)
+        for task in self.watchers:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.playing.clear()
+        self.writer.close()
+        try:
+            async with asyncio.timeout(2.0):
+                await self.writer.wait_closed()
+        except (TimeoutError, ConnectionError, OSError):
+            self.writer.transport.abort()
