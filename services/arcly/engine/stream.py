@@ -63,7 +63,7 @@ class Stream:
         self.end_reason = reason
         self.ended.cancel()
         for sub in list(self.subscribers):
-            sub.finish(reason)
+            sub.finish(f"stream ended: {reason}")
 
 
 class PublishHandle:

@@ -281,6 +281,8 @@ class _Session:
 
     async def _teardown(self, reason: str) -> None:
         self.conn.close()
+        if self.publishing and reason == "client closed":
+            reason = "publisher disconnected"
         for key, handle in self.publishing.values():
             if not handle.ended.cancelled:
                 await self.registry.end_publish(key, reason)

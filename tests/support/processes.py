@@ -1,0 +1,116 @@
+"""Start real processes (arcly nodes, ffmpeg) for tests, and always clean them up by pid."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+_LISTEN = re.compile(r"listening protocol=(\w+) address=([\d.]+):(\d+)")
+
+
+class Node:
+    """``arcly serve`` in a subprocess on ephemeral loopback ports."""
+
+    def __init__(self, *args: str, cmd: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        base = cmd or [sys.executable, "-m", "arcly", "serve",
+                       "--rtmp-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]
+        self.proc = subprocess.Popen([*base, *args], stderr=subprocess.PIPE,
+                                     stdout=subprocess.DEVNULL, text=True, cwd=REPO,
+                                     env={**os.environ, **(env or {})}, start_new_session=True)
+        self.lines: list[str] = []
+        self.ports: dict[str, int] = {}
+        self._ready = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        if not self._ready.wait(60):
+            self.stop()
+            raise RuntimeError("node did not start:\n" + "\n".join(self.lines))
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+            match = _LISTEN.search(line)
+            if match:
+                self.ports[match.group(1)] = int(match.group(3))
+                if {"rtmp", "http"} <= self.ports.keys():
+                    self._ready.set()
+        self._ready.set()
+
+    @property
+    def rtmp(self) -> int:
+        return self.ports["rtmp"]
+
+    @property
+    def http(self) -> int:
+        return self.ports["http"]
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log_text(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for_log(self, pattern: str, timeout: float = 10.0) -> str:
+        deadline = time.monotonic() + timeout
+        regex = re.compile(pattern)
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if regex.search(line):
+                    return line
+            time.sleep(0.05)
+        raise AssertionError(f"no log line matching {pattern!r}:\n{self.log_text()}")
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+    def terminate(self, timeout: float = 20.0) -> int:
+        """SIGTERM the node's own process group (we started it) and return its exit code."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._reader.join(5)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.terminate(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+
+
+class FfmpegPublisher:
+    """ffmpeg replaying an FLV file in real time to an RTMP URL, looping."""
+
+    def __init__(self, ffmpeg: str, source: Path, url: str) -> None:
+        self.proc = subprocess.Popen(
+            [ffmpeg, "-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1",
+             "-i", str(source), "-c", "copy", "-f", "flv", url],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
