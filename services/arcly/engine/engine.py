@@ -97,7 +97,7 @@ class Engine:
         if stream is None:
             raise StreamNotFound(f"{key} is not being published")
         sub = Subscription(stream, protocol=protocol, peer=peer)
-        stream.subscribers.add(sub)
+        stream.add_subscriber(sub)
         self.observer.on_play_start(key, protocol, peer)
         return sub
 

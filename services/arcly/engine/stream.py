@@ -28,7 +28,7 @@ class Stream:
     """Everything the kernel knows about one live key."""
 
     __slots__ = ("key", "protocol", "peer", "token", "config", "observer", "clock", "gop",
-                 "subscribers", "started_at", "last_frame_at", "frames_in", "bytes_in",
+                 "subscribers", "_fanout", "started_at", "last_frame_at", "frames_in", "bytes_in",
                  "ended", "end_reason")
 
     def __init__(self, key: StreamKey, *, protocol: str, peer: str, token: int,
@@ -42,6 +42,9 @@ class Stream:
         self.clock = clock
         self.gop = GopCache(config.gop_max_frames, config.gop_max_bytes)
         self.subscribers: set[Subscription] = set()
+        # Copy-on-write snapshot of ``subscribers``: rebuilt when a viewer joins or leaves (rare),
+        # iterated per frame (often) — so a viewer cut mid-fan-out cannot disturb the loop.
+        self._fanout: tuple[Subscription, ...] = ()
         self.started_at = clock()
         self.last_frame_at = self.started_at
         self.frames_in = 0
@@ -54,8 +57,17 @@ class Stream:
         self.frames_in += 1
         self.bytes_in += len(frame.payload)
         self.gop.add(frame)
-        for sub in self.subscribers:
+        for sub in self._fanout:
             sub.push(frame)
+
+    def add_subscriber(self, sub: Subscription) -> None:
+        self.subscribers.add(sub)
+        self._fanout = tuple(self.subscribers)
+
+    def remove_subscriber(self, sub: Subscription) -> None:
+        if sub in self.subscribers:
+            self.subscribers.discard(sub)
+            self._fanout = tuple(self.subscribers)
 
     def end(self, reason: str) -> None:
         if self.ended.cancelled:
@@ -145,6 +157,8 @@ class Subscription:
         return self._pending_bytes
 
     def push(self, frame: Frame) -> None:
+        if self._finished:
+            return
         if self._skipping:
             if not self._resumes_at(frame):
                 if not frame.config:
@@ -189,7 +203,7 @@ class Subscription:
         if reason == "slow viewer":
             self._pending = []
             self._pending_bytes = 0
-        self.stream.subscribers.discard(self)
+        self.stream.remove_subscriber(self)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)

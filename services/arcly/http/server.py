@@ -25,7 +25,7 @@ from arcly.engine import (
     Subscription,
 )
 from arcly.media import flv
-from arcly.protocols.egress import deliver
+from arcly.protocols.egress import deliver, limit_send_buffer
 
 from .request import MAX_HEAD, Request, parse_request
 
@@ -41,6 +41,7 @@ class HttpSettings:
     header_timeout: float = 10.0
     write_buffer_high: int = 512 * 1024
     stall_timeout: float = 10.0
+    viewer_send_buffer: int = 256 * 1024
 
 
 class HttpServer:
@@ -169,6 +170,7 @@ class HttpServer:
             self._respond(writer, 403, f"{exc}\n", head_only=head_only)
             return
         self._subs.add(sub)
+        limit_send_buffer(writer, self.settings.viewer_send_buffer)
         eof_watch = asyncio.create_task(self._close_on_eof(reader, sub))
         reason = "client closed"
         try:

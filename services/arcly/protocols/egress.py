@@ -9,9 +9,21 @@ longer than ``stall_timeout`` is a dead viewer and is cut.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Callable
 
 from arcly.engine import Frame, Subscription
+
+
+def limit_send_buffer(writer: asyncio.StreamWriter, size: int) -> None:
+    """Cap the kernel send buffer of a viewer's socket. Left alone, Linux autotunes it to
+    megabytes on fast links, hiding a stalled viewer (and its memory) from our backlog caps."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None and size > 0:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+        except OSError:
+            pass
 
 
 async def deliver(sub: Subscription, writer: asyncio.StreamWriter,

@@ -29,7 +29,7 @@ from arcly.engine import (
     Subscription,
 )
 from arcly.media.flv import make_frame
-from arcly.protocols.egress import deliver
+from arcly.protocols.egress import deliver, limit_send_buffer
 
 from .connection import RtmpConnection, State, media_chunks
 from .events import Event, MediaReceived, PlayRequested, PublishRequested, StreamClosed
@@ -48,6 +48,7 @@ class RtmpSettings:
     publish_idle_timeout: float = 30.0
     write_buffer_high: int = 512 * 1024
     stall_timeout: float = 10.0
+    viewer_send_buffer: int = 256 * 1024
     read_size: int = 256 * 1024
 
 
@@ -226,6 +227,7 @@ class _Session:
             self.conn.reject_play(sid, code, str(exc))
             self.closing = "play refused"
             return
+        limit_send_buffer(self.writer, self.settings.viewer_send_buffer)
         self.conn.accept_play(sid, event.name)
         self._flush()
         task = asyncio.create_task(self._deliver(sid, event.name, sub))
