@@ -11,8 +11,17 @@ class GopCache:
     only until the next keyframe, so memory stays bounded whatever the publisher sends.
     """
 
-    __slots__ = ("max_frames", "max_bytes", "metadata", "video_config", "audio_config",
-                 "frames", "bytes", "overflowed", "has_video")
+    __slots__ = (
+        "audio_config",
+        "bytes",
+        "frames",
+        "has_video",
+        "max_bytes",
+        "max_frames",
+        "metadata",
+        "overflowed",
+        "video_config",
+    )
 
     def __init__(self, max_frames: int, max_bytes: int) -> None:
         self.max_frames = max_frames

@@ -22,7 +22,7 @@ class ShutdownToken:
     True
     """
 
-    __slots__ = ("_cancelled", "_event", "_children", "__weakref__")
+    __slots__ = ("__weakref__", "_cancelled", "_children", "_event")
 
     def __init__(self) -> None:
         self._cancelled = False

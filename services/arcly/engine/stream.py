@@ -27,9 +27,24 @@ Clock = Callable[[], float]
 class Stream:
     """Everything the kernel knows about one live key."""
 
-    __slots__ = ("key", "protocol", "peer", "token", "config", "observer", "clock", "gop",
-                 "subscribers", "_fanout", "started_at", "last_frame_at", "frames_in", "bytes_in",
-                 "ended", "end_reason")
+    __slots__ = (
+        "_fanout",
+        "bytes_in",
+        "clock",
+        "config",
+        "end_reason",
+        "ended",
+        "frames_in",
+        "gop",
+        "key",
+        "last_frame_at",
+        "observer",
+        "peer",
+        "protocol",
+        "started_at",
+        "subscribers",
+        "token",
+    )
 
     def __init__(self, key: StreamKey, *, protocol: str, peer: str, token: int,
                  config: EngineConfig, observer: Observer, clock: Clock) -> None:
@@ -125,9 +140,23 @@ class Subscription:
     everything was delivered. Always ``close()`` it (or use ``async with``).
     """
 
-    __slots__ = ("stream", "protocol", "peer", "_pending", "_pending_bytes", "_waiter",
-                 "_skipping", "_skips", "dropped", "delivered", "closed", "close_reason",
-                 "_finished", "_max_frames", "_max_bytes")
+    __slots__ = (
+        "_finished",
+        "_max_bytes",
+        "_max_frames",
+        "_pending",
+        "_pending_bytes",
+        "_skipping",
+        "_skips",
+        "_waiter",
+        "close_reason",
+        "closed",
+        "delivered",
+        "dropped",
+        "peer",
+        "protocol",
+        "stream",
+    )
 
     def __init__(self, stream: Stream, *, protocol: str, peer: str) -> None:
         self.stream = stream

@@ -73,7 +73,7 @@ def parse_header(data: bytes) -> int:
     """Check an FLV file header; return the offset of the first tag (after PreviousTagSize0)."""
     if len(data) < 9 or data[:3] != b"FLV":
         raise ProtocolError("FLV: missing 'FLV' signature")
-    (offset,) = _PREV.unpack(data[5:9])
+    offset: int = _PREV.unpack(data[5:9])[0]
     if offset < 9:
         raise ProtocolError(f"FLV: header size {offset} < 9")
     return offset + 4

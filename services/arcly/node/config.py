@@ -138,7 +138,8 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str] | None = None,
     return config
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+def load_config(argv: Sequence[str] = (), env: Mapping[str, str] | None = None) -> NodeConfig:
+    """The node configuration from ``argv`` flags and ``ARCLY_*`` env vars (for embedding)."""
     parser = argparse.ArgumentParser(prog="arcly")
     add_node_options(parser)
-    return parser.parse_args(argv)
+    return build_config(parser.parse_args(list(argv)), env, parser=parser)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from arcly.engine import Engine, EngineConfig, Observer, ShutdownToken
+from arcly.engine import AllowAll, AuthProvider, Engine, EngineConfig, Observer, ShutdownToken
 from arcly.http.server import HttpServer
 from arcly.observe import LoggingObserver
 from arcly.protocols.rtmp import RtmpServer, RtmpSettings
@@ -19,13 +19,16 @@ from .config import NodeConfig
 log = logging.getLogger("arcly.node")
 
 
-def build_engine(config: NodeConfig, observer: Observer | None = None) -> Engine:
+def build_engine(config: NodeConfig, observer: Observer | None = None,
+                 auth: AuthProvider | None = None) -> Engine:
+    """The kernel configured from ``config``; the observer defaults to one log line per
+    session start and end, auth to allow-all."""
     engine_config = EngineConfig(
         idle_timeout=config.idle_timeout,
         gop_max_bytes=config.gop_max_bytes,
         viewer_backlog_bytes=config.viewer_backlog_bytes,
     )
-    return Engine(engine_config, observer=observer or LoggingObserver())
+    return Engine(engine_config, observer=observer or LoggingObserver(), auth=auth)
 
 
 async def serve_single(config: NodeConfig, shutdown: ShutdownToken | None = None,
@@ -41,6 +44,10 @@ async def serve_single(config: NodeConfig, shutdown: ShutdownToken | None = None
     log.info("node starting role=single rtmp=%s http=%s idle_timeout=%s loop=%s",
              config.rtmp_listen, config.http_listen, config.idle_timeout,
              type(asyncio.get_running_loop()).__module__)
+    if isinstance(engine.auth, AllowAll) and not all(
+            _is_loopback(a.host) for a in (config.rtmp_listen, config.http_listen)):
+        log.warning("AUTH IS OFF: anyone who can reach this node may publish and play "
+                    "(allow-all auth on a non-loopback address)")
     try:
         await engine.serve_until_signal([rtmp, http], token)
     finally:
@@ -48,3 +55,7 @@ async def serve_single(config: NodeConfig, shutdown: ShutdownToken | None = None
         if reaper is not None:
             await asyncio.gather(reaper, return_exceptions=True)
     log.info("node stopped")
+
+
+def _is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")

@@ -47,8 +47,16 @@ class Message:
 
 
 class _ChunkStream:
-    __slots__ = ("timestamp", "delta", "length", "type_id", "stream_id", "extended",
-                 "buffer", "started")
+    __slots__ = (
+        "buffer",
+        "delta",
+        "extended",
+        "length",
+        "started",
+        "stream_id",
+        "timestamp",
+        "type_id",
+    )
 
     def __init__(self) -> None:
         self.timestamp = 0
@@ -108,7 +116,7 @@ class ChunkDecoder:
             self._buffered -= len(cs.buffer)
             cs.buffer = bytearray()
 
-    def _next(self) -> Message | None | object:
+    def _next(self) -> Message | object | None:
         buf = self._buf
         pos = self._pos
         avail = len(buf) - pos
@@ -237,7 +245,7 @@ def encode_message(csid: int, type_id: int, stream_id: int, timestamp: int, payl
         return header + payload
     cont = _basic_header(3, csid) + ext
     view = memoryview(payload)
-    parts = [header, view[:chunk_size]]
+    parts: list[bytes | memoryview] = [header, view[:chunk_size]]
     for offset in range(chunk_size, length, chunk_size):
         parts.append(cont)
         parts.append(view[offset:offset + chunk_size])

@@ -58,10 +58,10 @@ def server_response(c1: bytes, now_ms: int, *, random: bytes | None = None) -> b
         s1 = struct.pack(">I", now_ms & 0xFFFFFFFF) + b"\x00\x00\x00\x00" + rand[8:]
         s2 = c1[:4] + struct.pack(">I", now_ms & 0xFFFFFFFF) + c1[8:]
         return bytes([VERSION]) + s1 + s2
-    s1 = bytearray(struct.pack(">I", now_ms & 0xFFFFFFFF) + SERVER_VERSION + rand[8:])
-    offset = digest_offset(bytes(s1), 0)
-    s1[offset:offset + 32] = packet_digest(bytes(s1), offset, FMS_KEY[:36])
-    s2 = bytearray(rand[::-1])
+    digest_s1 = bytearray(struct.pack(">I", now_ms & 0xFFFFFFFF) + SERVER_VERSION + rand[8:])
+    offset = digest_offset(bytes(digest_s1), 0)
+    digest_s1[offset:offset + 32] = packet_digest(bytes(digest_s1), offset, FMS_KEY[:36])
+    digest_s2 = bytearray(rand[::-1])
     key = _hmac(FMS_KEY, client_digest)
-    s2[-32:] = _hmac(key, bytes(s2[:-32]))
-    return bytes([VERSION]) + bytes(s1) + bytes(s2)
+    digest_s2[-32:] = _hmac(key, bytes(digest_s2[:-32]))
+    return bytes([VERSION]) + bytes(digest_s1) + bytes(digest_s2)
