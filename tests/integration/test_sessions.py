@@ -158,3 +158,28 @@ def test_unknown_stream_is_not_found_over_rtmp_and_http(node: Node) -> None:
         await reader.close()
 
     asyncio.run(scenario())
+
+
+def test_idle_publisher_is_reaped_and_disconnected(
+        node_factory: Callable[..., Node], source_flv: Path) -> None:
+    node = node_factory("--idle-timeout", "1")
+    tags = load_tags(source_flv)[:20]
+
+    async def scenario() -> None:
+        pub = await RtmpClient.connect("127.0.0.1", node.rtmp, "live")
+        assert (await pub.publish("quiet")).code == "NetStream.Publish.Start"
+        for tag in tags:
+            pub.send_media(tag.tag_type, tag.timestamp, tag.body)
+        viewer = await HttpFlvReader.open(node.http, "/live/quiet.flv")
+        await viewer.read_header()
+        with pytest.raises(EOFError):  # the publisher goes quiet; the reaper ends the stream
+            while True:
+                await viewer.next_tag(10)
+        with pytest.raises(EOFError):  # and closes the silent publisher's connection
+            while True:
+                await pub.read_message(10)
+        await viewer.close()
+
+    asyncio.run(scenario())
+    node.wait_for_log(r"stream reaped stream=live/quiet reason=idle")
+    node.wait_for_log(r"publish end stream=live/quiet protocol=rtmp .*reason='idle'")

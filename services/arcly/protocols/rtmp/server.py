@@ -32,7 +32,14 @@ from arcly.media.flv import make_frame
 from arcly.protocols.egress import deliver, limit_send_buffer
 
 from .connection import RtmpConnection, State, media_chunks
-from .events import Event, MediaReceived, PlayRequested, PublishRequested, StreamClosed
+from .events import (
+    Event,
+    HandshakeDone,
+    MediaReceived,
+    PlayRequested,
+    PublishRequested,
+    StreamClosed,
+)
 
 log = logging.getLogger("arcly.rtmp")
 
@@ -177,6 +184,9 @@ class _Session:
                 await self._play(event)
             elif isinstance(event, StreamClosed):
                 await self._close_stream(event.stream_id, event.command)
+            elif isinstance(event, HandshakeDone):
+                log.debug("rtmp handshake peer=%s style=%s", self.peer,
+                          "digest" if event.digest else "simple")
 
     def _key(self, name: str) -> StreamKey:
         return StreamKey(self.conn.app, name)
