@@ -26,6 +26,7 @@ from arcly.engine import (
 )
 from arcly.media import flv
 from arcly.protocols.egress import deliver, limit_send_buffer
+from arcly.protocols.listener import close_writer, peer_name, start_listener
 
 from .request import MAX_HEAD, Request, parse_request
 
@@ -69,10 +70,8 @@ class HttpServer:
             finally:
                 self._connections.discard(task)
 
-        server = await asyncio.start_server(on_client, self.host, self.port, limit=MAX_HEAD)
-        self.addresses = [sock.getsockname()[:2] for sock in server.sockets]
-        for host, port in self.addresses:
-            log.info("listening protocol=http address=%s:%d", host, port)
+        server, self.addresses = await start_listener("http", self.host, self.port, on_client,
+                                                      limit=MAX_HEAD)
         self.ready.set()
         try:
             await shutdown.wait()
@@ -88,8 +87,7 @@ class HttpServer:
 
     async def _handle(self, registry: PublishRegistry, reader: asyncio.StreamReader,
                       writer: asyncio.StreamWriter) -> None:
-        peername = writer.get_extra_info("peername")
-        peer = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else str(peername)
+        peer = peer_name(writer)
         writer.transport.set_write_buffer_limits(high=self.settings.write_buffer_high)
         try:
             try:
@@ -113,12 +111,7 @@ class HttpServer:
         except (ConnectionError, OSError):
             pass
         finally:
-            writer.close()
-            try:
-                async with asyncio.timeout(2.0):
-                    await writer.wait_closed()
-            except (TimeoutError, ConnectionError, OSError):
-                writer.transport.abort()
+            await close_writer(writer)
 
     def _respond(self, writer: asyncio.StreamWriter, status: int, body: str = "",
                  content_type: str = "text/plain; charset=utf-8", head_only: bool = False,

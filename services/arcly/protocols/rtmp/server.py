@@ -30,6 +30,7 @@ from arcly.engine import (
 )
 from arcly.media.flv import make_frame
 from arcly.protocols.egress import deliver, limit_send_buffer
+from arcly.protocols.listener import close_writer, peer_name, start_listener
 
 from .connection import RtmpConnection, State, media_chunks
 from .events import (
@@ -81,11 +82,8 @@ class RtmpServer:
             finally:
                 self._sessions.discard(session)
 
-        server = await asyncio.start_server(on_client, self.host, self.port,
-                                            limit=self.settings.read_size)
-        self.addresses = [sock.getsockname()[:2] for sock in server.sockets]
-        for host, port in self.addresses:
-            log.info("listening protocol=rtmp address=%s:%d", host, port)
+        server, self.addresses = await start_listener("rtmp", self.host, self.port, on_client,
+                                                      limit=self.settings.read_size)
         self.ready.set()
         try:
             await shutdown.wait()
@@ -112,8 +110,7 @@ class _Session:
         self.registry = registry
         self.reader = reader
         self.writer = writer
-        peer = writer.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.peer = peer_name(writer)
         self.conn = RtmpConnection(chunk_size=self.settings.chunk_size,
                                    max_message_size=self.settings.max_message_size)
         self.publishing: dict[int, tuple[StreamKey, PublishHandle]] = {}
@@ -188,17 +185,19 @@ class _Session:
                 log.debug("rtmp handshake peer=%s style=%s", self.peer,
                           "digest" if event.digest else "simple")
 
-    def _key(self, name: str) -> StreamKey:
-        return StreamKey(self.conn.app, name)
+    async def _admit(self, action: Action, name: str, query: str) -> StreamKey:
+        """Validate the key and ask the auth provider; raises InvalidStreamKey or AuthError."""
+        key = StreamKey(self.conn.app, name)
+        await self.registry.authorize(AuthRequest(action, key, "rtmp", self.peer,
+                                                  dict(parse_qsl(query))))
+        return key
 
     async def _publish(self, event: PublishRequested) -> None:
         sid = event.stream_id
         if self.publishing or self.playing:
             raise ProtocolError("RTMP: publish on a connection that already publishes or plays")
         try:
-            key = self._key(event.name)
-            await self.registry.authorize(AuthRequest(Action.PUBLISH, key, "rtmp", self.peer,
-                                                      dict(parse_qsl(event.query))))
+            key = await self._admit(Action.PUBLISH, event.name, event.query)
             handle = await self.registry.start_publish(key, protocol="rtmp", peer=self.peer)
         except (InvalidStreamKey, StreamBusy, AuthError) as exc:
             code = ("NetStream.Publish.Unauthorized" if isinstance(exc, AuthError)
@@ -225,9 +224,7 @@ class _Session:
         if self.publishing or sid in self.playing:
             raise ProtocolError("RTMP: play on a connection that already publishes or plays")
         try:
-            key = self._key(event.name)
-            await self.registry.authorize(AuthRequest(Action.PLAY, key, "rtmp", self.peer,
-                                                      dict(parse_qsl(event.query))))
+            key = await self._admit(Action.PLAY, event.name, event.query)
             sub = await self.registry.subscribe(key, protocol="rtmp", peer=self.peer)
         except (InvalidStreamKey, StreamNotFound, AuthError) as exc:
             code = ("NetStream.Play.Failed" if isinstance(exc, AuthError)
@@ -308,9 +305,4 @@ class _Session:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self.playing.clear()
-        self.writer.close()
-        try:
-            async with asyncio.timeout(2.0):
-                await self.writer.wait_closed()
-        except (TimeoutError, ConnectionError, OSError):
-            self.writer.transport.abort()
+        await close_writer(self.writer)
