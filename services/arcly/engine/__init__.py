@@ -36,11 +36,13 @@ from .gop import GopCache
 from .key import StreamKey
 from .shutdown import ShutdownToken
 from .stream import PublishHandle, Stream, Subscription
+from .timeline import SegmentMark, Timeline, TimelineState
 
 __all__ = [
     "Action", "AllowAll", "ArclyError", "AuthError", "AuthProvider", "AuthRequest", "Engine",
     "EngineConfig", "Frame", "FrameKind", "GopCache", "HandlerCrashed", "InvalidStreamKey",
     "KeyOwnership", "LocalOwnership", "MediaSource", "NullObserver", "Observer", "ProtocolError",
-    "ProtocolHandler", "PublishHandle", "PublishRegistry", "ShutdownToken", "Storage",
-    "StorageWriter", "Stream", "StreamBusy", "StreamKey", "StreamNotFound", "Subscription",
+    "ProtocolHandler", "PublishHandle", "PublishRegistry", "SegmentMark", "ShutdownToken",
+    "Storage", "StorageWriter", "Stream", "StreamBusy", "StreamKey", "StreamNotFound",
+    "Subscription", "Timeline", "TimelineState",
 ]

@@ -16,6 +16,7 @@ class EngineConfig:
     either cap skips to the next keyframe; ``viewer_max_skips`` skips within
     ``viewer_skip_window`` seconds disconnect it.
     ``shutdown_grace``: seconds handlers get to wind down after shutdown before being cancelled.
+    ``segment_target``: seconds; the stream's segment timeline (HLS) groups GOPs to about this.
     """
 
     idle_timeout: float | None = 30.0
@@ -26,10 +27,13 @@ class EngineConfig:
     viewer_max_skips: int = 3
     viewer_skip_window: float = 30.0
     shutdown_grace: float = 10.0
+    segment_target: float = 2.0
 
     def __post_init__(self) -> None:
         if self.idle_timeout is not None and self.idle_timeout <= 0:
             raise ValueError("idle_timeout must be positive or None")
+        if self.segment_target <= 0:
+            raise ValueError("segment_target must be positive")
         for name in ("gop_max_frames", "gop_max_bytes", "viewer_backlog_frames",
                      "viewer_backlog_bytes", "viewer_max_skips"):
             if getattr(self, name) <= 0:

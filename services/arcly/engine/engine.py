@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 
 from .config import EngineConfig
@@ -24,6 +25,11 @@ from .extension import (
 from .key import StreamKey
 from .shutdown import ShutdownToken
 from .stream import Clock, PublishHandle, Stream, Subscription
+from .timeline import Timeline, TimelineState
+
+# Timelines of keys that stopped publishing are kept (so a republish continues the segment
+# numbering) for this many keys, least recently published dropped first.
+MAX_REMEMBERED_TIMELINES = 10_000
 
 log = logging.getLogger("arcly.engine")
 
@@ -54,6 +60,7 @@ class Engine:
         self.clock = clock
         self._streams: dict[StreamKey, Stream] = {}
         self._claiming: set[StreamKey] = set()
+        self._timelines: OrderedDict[StreamKey, TimelineState] = OrderedDict()
 
     # -- publish registry -------------------------------------------------------------------
 
@@ -71,7 +78,9 @@ class Engine:
         finally:
             self._claiming.discard(key)
         stream = Stream(key, protocol=protocol, peer=peer, token=token, config=self.config,
-                        observer=self.observer, clock=self.clock)
+                        observer=self.observer, clock=self.clock,
+                        timeline=Timeline(self._timeline_state(key), session=token,
+                                          target_ms=int(self.config.segment_target * 1000)))
         self._streams[key] = stream
         self.observer.on_publish_start(key, protocol, peer)
         return PublishHandle(stream)
@@ -100,6 +109,13 @@ class Engine:
         stream.add_subscriber(sub)
         self.observer.on_play_start(key, protocol, peer)
         return sub
+
+    def _timeline_state(self, key: StreamKey) -> TimelineState:
+        state = self._timelines.pop(key, None) or TimelineState()
+        self._timelines[key] = state
+        while len(self._timelines) > MAX_REMEMBERED_TIMELINES:
+            self._timelines.popitem(last=False)
+        return state
 
     def stream(self, key: StreamKey) -> Stream | None:
         return self._streams.get(key)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .timeline import SegmentMark
 
 
 class FrameKind(enum.IntEnum):
@@ -22,6 +26,10 @@ class Frame:
     configuration (AVC/HEVC sequence header, AAC AudioSpecificConfig) or stream metadata,
     which the GOP cache keeps for the life of the stream.
 
+    ``mark`` says which segment of the stream's timeline the frame belongs to (see
+    ``arcly.engine.timeline``): stamped by the kernel of the node that receives the publish,
+    carried as is by relays.
+
     ``encodings`` is the per-protocol wire form of this frame (an RTMP chunk run, an FLV tag),
     built once by the first viewer that needs it and shared by every other viewer: a frame's
     bytes are never copied per viewer.
@@ -32,6 +40,7 @@ class Frame:
     payload: bytes
     keyframe: bool = False
     config: bool = False
+    mark: SegmentMark | None = field(default=None, compare=False)
     encodings: dict[object, bytes] = field(default_factory=dict, compare=False, repr=False)
 
     @property

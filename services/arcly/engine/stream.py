@@ -17,6 +17,7 @@ from .frame import Frame, FrameKind
 from .gop import GopCache
 from .key import StreamKey
 from .shutdown import ShutdownToken
+from .timeline import Timeline
 
 if TYPE_CHECKING:
     from .extension import Observer
@@ -43,11 +44,13 @@ class Stream:
         "protocol",
         "started_at",
         "subscribers",
+        "timeline",
         "token",
     )
 
     def __init__(self, key: StreamKey, *, protocol: str, peer: str, token: int,
-                 config: EngineConfig, observer: Observer, clock: Clock) -> None:
+                 config: EngineConfig, observer: Observer, clock: Clock,
+                 timeline: Timeline) -> None:
         self.key = key
         self.protocol = protocol
         self.peer = peer
@@ -56,6 +59,7 @@ class Stream:
         self.observer = observer
         self.clock = clock
         self.gop = GopCache(config.gop_max_frames, config.gop_max_bytes)
+        self.timeline = timeline
         self.subscribers: set[Subscription] = set()
         # Copy-on-write snapshot of ``subscribers``: rebuilt when a viewer joins or leaves (rare),
         # iterated per frame (often) — so a viewer cut mid-fan-out cannot disturb the loop.
@@ -71,6 +75,11 @@ class Stream:
         self.last_frame_at = self.clock()
         self.frames_in += 1
         self.bytes_in += len(frame.payload)
+        if frame.mark is None:  # relayed frames arrive already stamped by their origin
+            mark = self.timeline.mark(frame)
+            if mark is not None:
+                # Stamped once, before any viewer can see the frame; immutable from here on.
+                object.__setattr__(frame, "mark", mark)
         self.gop.add(frame)
         for sub in self._fanout:
             sub.push(frame)

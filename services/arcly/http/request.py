@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl, unquote, urlencode
 
 from arcly.engine.errors import ProtocolError
 
@@ -56,3 +56,8 @@ def parse_request(head: bytes) -> Request:
         headers[name.lower()] = value.strip()
     query = dict(parse_qsl(raw_query, keep_blank_values=True))
     return Request(method, path, query, version, headers)
+
+
+def quote_query(query: dict[str, str]) -> str:
+    """The query string again (for carrying a playlist's credentials to its segments)."""
+    return urlencode(query)

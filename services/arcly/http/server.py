@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from arcly.engine import (
     Action,
@@ -28,7 +29,10 @@ from arcly.media import flv
 from arcly.protocols.egress import deliver, limit_send_buffer
 from arcly.protocols.listener import close_writer, peer_name, start_listener
 
-from .request import MAX_HEAD, Request, parse_request
+from .request import MAX_HEAD, Request, parse_request, quote_query
+
+if TYPE_CHECKING:
+    from arcly.hls.service import HlsService
 
 log = logging.getLogger("arcly.http")
 
@@ -50,7 +54,9 @@ class HttpServer:
 
     name = "http"
 
-    def __init__(self, host: str, port: int, settings: HttpSettings | None = None) -> None:
+    def __init__(self, host: str, port: int, settings: HttpSettings | None = None, *,
+                 hls: HlsService | None = None) -> None:
+        self.hls = hls
         self.host = host
         self.port = port
         self.settings = settings or HttpSettings()
@@ -113,10 +119,10 @@ class HttpServer:
         finally:
             await close_writer(writer)
 
-    def _respond(self, writer: asyncio.StreamWriter, status: int, body: str = "",
+    def _respond(self, writer: asyncio.StreamWriter, status: int, body: str | bytes = "",
                  content_type: str = "text/plain; charset=utf-8", head_only: bool = False,
                  extra: dict[str, str] | None = None) -> None:
-        payload = body.encode()
+        payload = body.encode() if isinstance(body, str) else body
         headers = {"Content-Type": content_type, "Content-Length": str(len(payload)),
                    "Connection": "close", "Access-Control-Allow-Origin": "*",
                    "Cache-Control": "no-cache", **(extra or {})}
@@ -146,7 +152,42 @@ class HttpServer:
             await self._play_flv(registry, request, parts[0], parts[1][:-4], reader, writer,
                                  peer, head_only)
             return
+        if len(parts) == 3 and self.hls is not None and (
+                parts[2] == "index.m3u8" or parts[2].endswith(".ts")):
+            await self._hls(registry, request, parts, writer, peer, head_only)
+            return
         self._respond(writer, 404, "not found\n", head_only=head_only)
+
+    async def _hls(self, registry: PublishRegistry, request: Request, parts: list[str],
+                   writer: asyncio.StreamWriter, peer: str, head_only: bool) -> None:
+        assert self.hls is not None
+        try:
+            key = StreamKey(parts[0], parts[1])
+            await registry.authorize(AuthRequest(Action.PLAY, key, "hls", peer, request.query))
+        except InvalidStreamKey as exc:
+            self._respond(writer, 404, f"{exc}\n", head_only=head_only)
+            return
+        except AuthError as exc:
+            self._respond(writer, 403, f"{exc}\n", head_only=head_only)
+            return
+        if parts[2] == "index.m3u8":
+            playlist = await self.hls.playlist(key, query=quote_query(request.query))
+            if playlist is None:
+                self._respond(writer, 404, f"{key} is not being published\n",
+                              head_only=head_only)
+                return
+            # Playlists change every segment: let caches hold them for under half of one.
+            max_age = int(self.hls.settings.segment_seconds / 2)
+            self._respond(writer, 200, playlist, "application/vnd.apple.mpegurl", head_only,
+                          {"Cache-Control": f"max-age={max_age}"})
+            return
+        data = self.hls.segment(key, parts[2])
+        if data is None:
+            self._respond(writer, 404, "no such segment\n", head_only=head_only)
+            return
+        # A segment URI names one immutable piece of media (publish session + sequence).
+        self._respond(writer, 200, data, "video/mp2t", head_only,
+                      {"Cache-Control": "public, max-age=86400, immutable"})
 
     async def _play_flv(self, registry: PublishRegistry, request: Request, app: str,
                         name: str, reader: asyncio.StreamReader,

@@ -97,7 +97,14 @@ def parse_tags(data: bytes, offset: int = 0) -> tuple[list[Tag], int]:
 
 
 def is_video_keyframe(body: bytes) -> bool:
-    return bool(body) and (body[0] >> 4) & 0x7 == FRAME_KEY
+    """A keyframe that carries picture data (not a sequence header or end-of-sequence)."""
+    if not body or (body[0] >> 4) & 0x7 != FRAME_KEY:
+        return False
+    if body[0] & 0x80:  # enhanced RTMP: CodedFrames or CodedFramesX
+        return body[0] & 0x0F in (1, 3)
+    if body[0] & 0x0F in (VIDEO_AVC, VIDEO_HEVC_LEGACY):
+        return len(body) > 1 and body[1] == 1
+    return True
 
 
 def is_video_config(body: bytes) -> bool:

@@ -47,6 +47,12 @@ class NodeConfig:
     max_message_size: int = 8 * 1024 * 1024
     gop_max_bytes: int = 16 * 1024 * 1024
     viewer_backlog_bytes: int = 8 * 1024 * 1024
+    hls: bool = True
+    hls_segment_seconds: float = 2.0
+    hls_window: int = 6
+    hls_on_publish: bool = False
+    record: str | None = None
+    record_hls: bool = False
 
 
 def _positive_float_or_off(text: str) -> float | None:
@@ -72,6 +78,13 @@ def _address(text: str) -> Address:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
 def _bool(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -94,6 +107,13 @@ _OPTIONS: list[tuple[str, object, str]] = [
     ("--gop-max-bytes", _positive_int, "cap of the per-stream GOP cache, in bytes"),
     ("--viewer-backlog-bytes", _positive_int,
      "per-viewer backlog cap before skipping to the next keyframe, in bytes"),
+    ("--hls", _bool, "serve HLS at /{app}/{stream}/index.m3u8 (--no-hls to turn off)"),
+    ("--hls-segment-seconds", _positive_float, "HLS target segment duration, seconds"),
+    ("--hls-window", _positive_int, "segments in the live HLS playlist"),
+    ("--hls-on-publish", _bool,
+     "segment every stream from its first frame, not from the first HLS request"),
+    ("--record", str, "record every stream as FLV under this directory (off when unset)"),
+    ("--record-hls", _bool, "also record HLS VOD (TS segments + playlist) next to the FLV"),
 ]
 
 
@@ -103,11 +123,15 @@ def env_name(flag: str) -> str:
 
 def add_node_options(parser: argparse.ArgumentParser) -> None:
     defaults = NodeConfig()
-    for flag, kind, help_text in _OPTIONS:
+    for flag, kind, what in _OPTIONS:
         attr = flag.lstrip("-").replace("-", "_")
-        parser.add_argument(flag, type=kind, default=None,  # type: ignore[arg-type]
-                            help=f"{help_text} [env {env_name(flag)}; default "
-                                 f"{getattr(defaults, attr)}]")
+        help_text = f"{what} [env {env_name(flag)}; default {getattr(defaults, attr)}]"
+        if kind is _bool:  # --flag / --no-flag
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                                help=help_text)
+        else:
+            parser.add_argument(flag, type=kind, default=None,  # type: ignore[arg-type]
+                                help=help_text)
 
 
 def build_config(args: argparse.Namespace, env: Mapping[str, str] | None = None,

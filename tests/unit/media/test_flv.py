@@ -32,7 +32,8 @@ def test_frame_tag_is_built_once_and_shared() -> None:
 
 
 def test_classification_of_avc_aac_and_enhanced_rtmp() -> None:
-    assert flv.make_frame(FrameKind.VIDEO, 0, b"\x17\x00\x00\x00\x00\x01").config
+    avc_config = flv.make_frame(FrameKind.VIDEO, 0, b"\x17\x00\x00\x00\x00\x01")
+    assert avc_config.config and not avc_config.keyframe
     key = flv.make_frame(FrameKind.VIDEO, 0, b"\x17\x01\x00\x00\x00\x01")
     assert key.keyframe and not key.config
     assert not flv.make_frame(FrameKind.VIDEO, 0, b"\x27\x01\x00\x00\x00").keyframe
@@ -40,7 +41,9 @@ def test_classification_of_avc_aac_and_enhanced_rtmp() -> None:
     assert not flv.make_frame(FrameKind.AUDIO, 0, b"\xaf\x01\x21").config
     # Enhanced RTMP HEVC: IsExHeader | keyframe | SequenceStart, FourCC "hvc1".
     hevc_start = flv.make_frame(FrameKind.VIDEO, 0, b"\x90hvc1" + b"\x01" * 10)
-    assert hevc_start.config and hevc_start.keyframe
+    assert hevc_start.config and not hevc_start.keyframe
+    end_of_sequence = flv.make_frame(FrameKind.VIDEO, 0, b"\x17\x02\x00\x00\x00")
+    assert not end_of_sequence.keyframe and not end_of_sequence.config
     hevc_key = flv.make_frame(FrameKind.VIDEO, 0, b"\x91hvc1" + b"\x00" * 10)
     assert hevc_key.keyframe and not hevc_key.config
     assert hevc_key.payload == b"\x91hvc1" + b"\x00" * 10, "payload passes through untouched"

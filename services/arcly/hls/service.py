@@ -1,0 +1,203 @@
+"""Runs HLS segmenters as ordinary stream subscribers and keeps each key's live window.
+
+A segmenter starts on the first playlist request for a key (or, configurably, when the key
+starts publishing), keeps ``window`` segments for the playlist (plus a few already out of it,
+for players that fetch late), survives a republish (the playlist continues across it, with
+``#EXT-X-DISCONTINUITY``), and is dropped ``linger`` seconds after the stream ended or nobody
+asked for it. The service is a ``ProtocolHandler``: ``run`` sweeps until shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from arcly.engine import (
+    NullObserver,
+    PublishRegistry,
+    ShutdownToken,
+    StreamKey,
+    StreamNotFound,
+    Subscription,
+)
+
+from .playlist import render_playlist
+from .segmenter import Segment, Segmenter
+
+log = logging.getLogger("arcly.hls")
+
+EXTRA_KEPT = 3  # segments kept after they leave the playlist, for late fetches
+
+
+@dataclass(frozen=True, slots=True)
+class HlsSettings:
+    enabled: bool = True
+    segment_seconds: float = 2.0
+    window: int = 6
+    on_publish: bool = False
+    linger: float = 30.0
+
+    @property
+    def first_segment_wait(self) -> float:
+        """How long a playlist request waits for a new segmenter's first segment."""
+        return 3 * self.segment_seconds + 4
+
+
+class _KeyState:
+    __slots__ = ("changed", "ended", "key", "last_access", "runner", "segments", "sticky")
+
+    def __init__(self, key: StreamKey, keep: int) -> None:
+        self.key = key
+        self.segments: deque[Segment] = deque(maxlen=keep)
+        self.ended = False
+        self.runner: asyncio.Task[None] | None = None
+        self.changed = asyncio.Event()
+        self.last_access = time.monotonic()
+        self.sticky = False  # started on publish: keep segmenting without requests
+
+    def add(self, segment: Segment) -> None:
+        if self.segments and segment.sequence <= self.segments[-1].sequence:
+            # The publishing node forgot this key's timeline (restart): start a fresh window.
+            self.segments.clear()
+        self.segments.append(segment)
+        self._notify()
+
+    def _notify(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+
+class HlsService(NullObserver):
+    """The node's HLS output. Also an ``Observer``, to follow publishes of watched keys."""
+
+    name = "hls"
+
+    def __init__(self, registry: PublishRegistry, settings: HlsSettings | None = None) -> None:
+        self.registry = registry
+        self.settings = settings or HlsSettings()
+        self._states: dict[StreamKey, _KeyState] = {}
+        self._starting: set[asyncio.Task[_KeyState | None]] = set()
+        self._stopping = False
+
+    # -- serving ------------------------------------------------------------------------------
+
+    async def playlist(self, key: StreamKey, *, query: str = "") -> str | None:
+        """The live playlist of ``key``, or None if nothing is or was published there."""
+        state = await self.start(key)
+        if state is None:
+            return None
+        state.last_access = time.monotonic()
+        if not state.segments and state.runner is not None:
+            deadline = time.monotonic() + self.settings.first_segment_wait
+            while not state.segments and state.runner is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    await asyncio.wait_for(state.changed.wait(), remaining)
+                except TimeoutError:
+                    break
+        if not state.segments:
+            return None
+        window = list(state.segments)[-self.settings.window:]
+        return render_playlist(window, target=self.settings.segment_seconds,
+                               ended=state.ended and state.runner is None,
+                               suffix=f"?{query}" if query else "")
+
+    def segment(self, key: StreamKey, uri: str) -> bytes | None:
+        state = self._states.get(key)
+        if state is None:
+            return None
+        state.last_access = time.monotonic()
+        for segment in reversed(state.segments):
+            if segment.uri == uri:
+                return segment.data
+        return None
+
+    # -- segmenters ---------------------------------------------------------------------------
+
+    async def start(self, key: StreamKey, *, sticky: bool = False) -> _KeyState | None:
+        """Make sure ``key`` is being segmented if it is live. Returns its state, or None when
+        the key is neither live nor remembered."""
+        state = self._states.get(key)
+        if state is not None and (state.runner is not None or self._stopping):
+            state.sticky = state.sticky or sticky
+            return state
+        try:
+            sub = await self.registry.subscribe(key, protocol="hls", peer="segmenter")
+        except StreamNotFound:
+            return state
+        state = self._states.get(key)  # the await above may have raced another start
+        if state is None:
+            state = _KeyState(key, self.settings.window + EXTRA_KEPT)
+            self._states[key] = state
+        state.sticky = state.sticky or sticky
+        if state.runner is not None:
+            sub.close("duplicate segmenter")
+            return state
+        state.ended = False
+        state.runner = asyncio.create_task(self._segment(state, sub), name=f"hls-{key}")
+        return state
+
+    def on_publish_start(self, key: StreamKey, protocol: str, peer: str) -> None:
+        if self.settings.on_publish or key in self._states:
+            # Follow the publish (a watched playlist continues across a republish).
+            task = asyncio.get_running_loop().create_task(
+                self.start(key, sticky=self.settings.on_publish))
+            self._starting.add(task)
+            task.add_done_callback(self._starting.discard)
+
+    async def _segment(self, state: _KeyState, sub: Subscription) -> None:
+        segmenter = Segmenter()
+        reason = "segmenter stopped"
+        try:
+            while batch := await sub.next_batch():
+                for frame in batch:
+                    done = segmenter.feed(frame)
+                    if done is not None:
+                        state.add(done)
+            if sub.stream.ended.cancelled:
+                last = segmenter.finish()
+                if last is not None:
+                    state.add(last)
+                state.ended = True
+                reason = sub.close_reason
+        except Exception:
+            log.exception("hls segmenter failed stream=%s", state.key)
+            reason = "segmenter failed"
+        finally:
+            sub.close(reason)
+            state.runner = None
+            state._notify()
+
+    def sweep(self, now: float | None = None) -> None:
+        """Stop segmenters nobody asks for; forget keys that ended ``linger`` seconds ago."""
+        now = time.monotonic() if now is None else now
+        for key, state in list(self._states.items()):
+            idle = now - state.last_access > self.settings.linger
+            if not idle:
+                continue
+            if state.runner is not None and not state.sticky:
+                state.runner.cancel()
+            if state.runner is None or state.runner.done():
+                del self._states[key]
+
+    async def run(self, registry: PublishRegistry, shutdown: ShutdownToken) -> None:
+        interval = max(1.0, min(10.0, self.settings.linger / 3))
+        try:
+            while not shutdown.cancelled:
+                try:
+                    await asyncio.wait_for(shutdown.wait(), interval)
+                except TimeoutError:
+                    self.sweep()
+        finally:
+            self._stopping = True
+            runners = [s.runner for s in self._states.values() if s.runner is not None]
+            if runners:  # they finish on their own as streams end; give them a moment
+                await asyncio.wait(runners, timeout=5.0)
+            for runner in runners:
+                runner.cancel()
+            await asyncio.gather(*runners, return_exceptions=True)
