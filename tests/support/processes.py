@@ -97,10 +97,12 @@ class Node:
 class FfmpegPublisher:
     """ffmpeg replaying an FLV file in real time to an RTMP URL, looping."""
 
-    def __init__(self, ffmpeg: str, source: Path, url: str) -> None:
+    def __init__(self, ffmpeg: str, source: Path, url: str,
+                 seconds: float | None = None) -> None:
+        limit = ["-t", str(seconds)] if seconds else []
         self.proc = subprocess.Popen(
             [ffmpeg, "-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1",
-             "-i", str(source), "-c", "copy", "-f", "flv", url],
+             "-i", str(source), *limit, "-c", "copy", "-f", "flv", url],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def alive(self) -> bool:

@@ -26,7 +26,7 @@ class EngineConfig:
     viewer_backlog_bytes: int = 8 * 1024 * 1024
     viewer_max_skips: int = 3
     viewer_skip_window: float = 30.0
-    shutdown_grace: float = 10.0
+    shutdown_grace: float = 25.0
     segment_target: float = 2.0
 
     def __post_init__(self) -> None:

@@ -8,6 +8,7 @@ in-process frame producer (``MediaSource``), a cluster-wide key owner (``KeyOwne
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -109,6 +110,10 @@ class StorageWriter(Protocol):
 
     def write(self, data: bytes) -> None: ...
 
+    def patch(self, offset: int, data: bytes) -> None:
+        """Overwrite bytes already written (e.g. a header's duration at finalization)."""
+        ...
+
     def sync(self) -> None: ...
 
     def close(self) -> None: ...
@@ -116,7 +121,8 @@ class StorageWriter(Protocol):
 
 @runtime_checkable
 class Storage(Protocol):
-    """Where recordings go. ``name`` is a relative, validated path built from a ``StreamKey``."""
+    """Where recordings go. ``name`` is a relative path built from a validated ``StreamKey``;
+    opening an existing name replaces it."""
 
     def open(self, name: str) -> StorageWriter: ...
 
@@ -151,7 +157,10 @@ class AllowAll:
 
 
 class LocalOwnership:
-    """Key ownership within one process: the kernel's own table is the source of truth."""
+    """Key ownership within one process: the kernel's own table is the source of truth.
+
+    Fencing tokens start from the wall clock in milliseconds and only grow, so they also
+    identify a publish session across node restarts (HLS segment URIs are built from them)."""
 
     def __init__(self) -> None:
         self._tokens: dict[StreamKey, int] = {}
@@ -163,7 +172,7 @@ class LocalOwnership:
         if key in self._held:
             raise StreamBusy(f"{key} is already being published")
         self._held.add(key)
-        token = self._tokens.get(key, 0) + 1
+        token = max(self._tokens.get(key, 0) + 1, time.time_ns() // 1_000_000)
         self._tokens[key] = token
         return token
 

@@ -22,6 +22,7 @@ from arcly.hls.service import HlsService, HlsSettings
 from arcly.http.server import HttpServer
 from arcly.observe import CompositeObserver, LoggingObserver
 from arcly.protocols.rtmp import RtmpServer, RtmpSettings
+from arcly.recording import FilesystemStorage, RecordingManager, RecordSettings
 
 from .config import NodeConfig
 
@@ -56,6 +57,11 @@ async def serve_single(config: NodeConfig, shutdown: ShutdownToken | None = None
                                              on_publish=config.hls_on_publish))
         engine.observer = CompositeObserver([engine.observer, hls])
         handlers.append(hls)
+    if config.record:
+        recorder = RecordingManager(engine, FilesystemStorage(config.record), RecordSettings(
+            hls=config.record_hls, segment_seconds=config.hls_segment_seconds))
+        engine.observer = CompositeObserver([engine.observer, recorder])
+        handlers.append(recorder)
     handlers.append(HttpServer(config.http_listen.host, config.http_listen.port, hls=hls))
     token = shutdown or ShutdownToken()
     reaper = engine.spawn_idle_reaper(min(5.0, (config.idle_timeout or 5.0) / 2), token)

@@ -1,0 +1,305 @@
+"""Recording streams as FLV (and optionally HLS VOD) through the ``Storage`` extension point.
+
+A recorder is an ordinary subscriber. Blocking storage calls run on one worker thread per
+recording, in order; the event loop only queues them. When storage falls behind by more than
+``max_pending_bytes``, the recorder drops whole GOPs (and says so) instead of stalling the
+stream or growing memory. A recording is finalized — FLV duration and size patched, HLS
+playlist closed, fsync — whenever its stream ends: publisher gone, reaped, or node shutdown.
+FLV is append-only, so a crash leaves a file readable up to the last complete tag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from arcly.engine import (
+    ArclyError,
+    Frame,
+    FrameKind,
+    NullObserver,
+    PublishRegistry,
+    ShutdownToken,
+    Storage,
+    StorageWriter,
+    StreamKey,
+    StreamNotFound,
+    Subscription,
+)
+from arcly.hls.playlist import render_playlist
+from arcly.hls.segmenter import Segment, Segmenter
+from arcly.media import amf0, flv
+
+log = logging.getLogger("arcly.recording")
+_F64 = struct.Struct(">d")
+
+
+@dataclass(frozen=True, slots=True)
+class RecordSettings:
+    hls: bool = False
+    max_pending_bytes: int = 32 * 1024 * 1024
+    finalize_timeout: float = 15.0
+    segment_seconds: float = 2.0
+
+
+def _metadata_tag(publisher: dict[str, Any]) -> tuple[bytes, int, int]:
+    """Our onMetaData tag body: duration and filesize first (patched at the end), then the
+    publisher's own fields. Returns the body and the offsets of the two numbers in it."""
+    fields = amf0.EcmaArray(duration=0.0, filesize=0.0)
+    for name, value in publisher.items():
+        if name not in fields:
+            fields[name] = value
+    body = amf0.encode("onMetaData", fields)
+    duration_at = body.index(b"\x00\x08duration\x00") + 11
+    filesize_at = body.index(b"\x00\x08filesize\x00") + 11
+    return body, duration_at, filesize_at
+
+
+class Recorder:
+    """Records one publish session of one key."""
+
+    def __init__(self, storage: Storage, sub: Subscription, settings: RecordSettings) -> None:
+        self.storage = storage
+        self.sub = sub
+        self.settings = settings
+        key = sub.key
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        self.base = f"{key.app}/{key.stream}/{stamp}-{sub.stream.token}"
+        self.pending = 0
+        self.written = 0
+        self.dropped_frames = 0
+        self.dropped_segments = 0
+        self.failed: BaseException | None = None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"record-{key.stream}")
+        self._loop = asyncio.get_running_loop()
+        self._last: asyncio.Future[None] | None = None
+        self._flv: _File | None = None
+        self._offsets = (0, 0)
+        self._base_ts: int | None = None
+        self._last_ts = 0
+        self._last_delta = 0
+        self._dropping = False
+        self._segmenter = Segmenter() if settings.hls else None
+        self._segments: list[Segment] = []
+        self._hls_gap = False
+
+    # -- the worker thread ----------------------------------------------------------------------
+
+    def _submit(self, size: int, fn: Callable[..., None], *args: Any) -> None:
+        self.pending += size
+        future = self._loop.run_in_executor(self._executor, fn, *args)
+
+        def done(fut: asyncio.Future[None]) -> None:
+            self.pending -= size
+            if not fut.cancelled() and fut.exception() is not None and self.failed is None:
+                self.failed = fut.exception()
+                log.error("recording write failed path=%s error=%s", self.base, self.failed)
+
+        future.add_done_callback(done)
+        self._last = future
+
+    # -- frames ---------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        key = self.sub.key
+        log.info("recording start stream=%s path=%s.flv hls=%s", key, self.base,
+                 self.settings.hls)
+        reason = "stream ended"
+        try:
+            while batch := await self.sub.next_batch():
+                for frame in batch:
+                    self._frame(frame)
+            reason = self.sub.close_reason
+        finally:
+            self.sub.close(reason)
+            await self._finalize()
+
+    def _frame(self, frame: Frame) -> None:
+        if self._flv is None:
+            self._open(frame)
+            if frame.kind is FrameKind.DATA and frame.config:
+                return  # merged into our own metadata tag
+        if self._dropping:
+            if frame.kind is FrameKind.VIDEO and frame.keyframe and \
+                    self.pending < self.settings.max_pending_bytes // 2:
+                self._dropping = False
+                log.info("recording resumed stream=%s dropped_frames=%d", self.sub.key,
+                         self.dropped_frames)
+            elif not frame.config:
+                self.dropped_frames += 1
+                return
+        elif self.pending > self.settings.max_pending_bytes and not frame.config:
+            self._dropping = True
+            self.dropped_frames += 1
+            log.warning("recording behind storage; dropping until the next keyframe "
+                        "stream=%s pending_bytes=%d", self.sub.key, self.pending)
+            return
+        if self._base_ts is None:
+            self._base_ts = frame.timestamp
+        ts = (frame.timestamp - self._base_ts) & 0xFFFFFFFF
+        if ts > self._last_ts and frame.kind is FrameKind.VIDEO:
+            self._last_delta = ts - self._last_ts
+        self._last_ts = max(self._last_ts, ts)
+        header = flv.tag_header(int(frame.kind), ts, len(frame.payload))
+        trailer = struct.pack(">I", 11 + len(frame.payload))
+        assert self._flv is not None
+        self._submit(len(frame.payload) + 15, _write_all, self._flv,
+                     (header, frame.payload, trailer))
+        self.written += len(frame.payload) + 15
+        if self._segmenter is not None:
+            done = self._segmenter.feed(frame)
+            if done is not None:
+                self._write_segment(done)
+
+    def _open(self, first: Frame) -> None:
+        publisher: dict[str, Any] = {}
+        if first.kind is FrameKind.DATA and first.config:
+            values = amf0.decode(first.payload)
+            if len(values) > 1 and isinstance(values[1], dict):
+                publisher = values[1]
+        body, duration_at, filesize_at = _metadata_tag(publisher)
+        head = flv.file_header() + flv.encode_tag(flv.TAG_SCRIPT, 0, body)
+        start = len(flv.file_header()) + 11
+        self._offsets = (start + duration_at, start + filesize_at)
+        self._flv = _File()
+        self._submit(0, self._flv.open, self.storage, f"{self.base}.flv")
+        self._submit(len(head), _write_all, self._flv, (head,))
+        self.written += len(head)
+
+    def _write_segment(self, segment: Segment) -> None:
+        if self.pending > self.settings.max_pending_bytes:
+            self.dropped_segments += 1
+            self._hls_gap = True
+            log.warning("recording behind storage; HLS segment dropped stream=%s sequence=%d",
+                        self.sub.key, segment.sequence)
+            return
+        if self._hls_gap:  # mark the hole for players
+            segment = Segment(segment.sequence, segment.discontinuity + 1, segment.session,
+                              segment.start, segment.duration, segment.data)
+            self._hls_gap = False
+        self._segments.append(segment)
+        name = f"{self.base}/{segment.uri}"
+        self._submit(len(segment.data), _write_file, self.storage, name, segment.data, False)
+        playlist = render_playlist(self._segments, target=self.settings.segment_seconds,
+                                   ended=False).replace(
+            "#EXT-X-VERSION:3", "#EXT-X-VERSION:3\n#EXT-X-PLAYLIST-TYPE:EVENT")
+        self._submit(len(playlist), _write_file, self.storage, f"{self.base}/index.m3u8",
+                     playlist.encode(), False)
+
+    async def _finalize(self) -> None:
+        try:
+            if self._segmenter is not None:
+                last = self._segmenter.finish()
+                if last is not None:
+                    self._write_segment(last)
+                if self._segments:
+                    playlist = render_playlist(self._segments,
+                                               target=self.settings.segment_seconds,
+                                               ended=True).replace(
+                        "#EXT-X-VERSION:3", "#EXT-X-VERSION:3\n#EXT-X-PLAYLIST-TYPE:VOD")
+                    self._submit(len(playlist), _write_file, self.storage,
+                                 f"{self.base}/index.m3u8", playlist.encode(), True)
+            duration = (self._last_ts + self._last_delta) / 1000
+            if self._flv is not None:
+                self._submit(0, _finish_flv, self._flv, self._offsets, duration, self.written)
+            if self._last is not None:
+                await asyncio.wait_for(asyncio.shield(self._last), self.settings.finalize_timeout)
+            log.info("recording finalized stream=%s path=%s.flv duration=%.3f bytes=%d "
+                     "dropped_frames=%d dropped_segments=%d", self.sub.key, self.base, duration,
+                     self.written, self.dropped_frames, self.dropped_segments)
+        except (TimeoutError, OSError, ArclyError) as exc:
+            log.error("recording finalization failed stream=%s path=%s error=%r", self.sub.key,
+                      self.base, exc)
+        finally:
+            self._executor.shutdown(wait=False)
+
+
+class _File:
+    """A storage writer opened on the worker thread (opening a file is blocking I/O too)."""
+
+    __slots__ = ("writer",)
+
+    def __init__(self) -> None:
+        self.writer: StorageWriter | None = None
+
+    def open(self, storage: Storage, name: str) -> None:
+        self.writer = storage.open(name)
+
+    def get(self) -> StorageWriter:
+        if self.writer is None:
+            raise OSError("recording file is not open")
+        return self.writer
+
+
+def _write_all(file: _File, parts: tuple[bytes, ...]) -> None:
+    writer = file.get()
+    for part in parts:
+        writer.write(part)
+
+
+def _write_file(storage: Storage, name: str, data: bytes, sync: bool) -> None:
+    writer = storage.open(name)
+    try:
+        writer.write(data)
+        if sync:
+            writer.sync()
+    finally:
+        writer.close()
+
+
+def _finish_flv(file: _File, offsets: tuple[int, int], duration: float, size: int) -> None:
+    writer = file.get()
+    writer.patch(offsets[0], _F64.pack(duration))
+    writer.patch(offsets[1], _F64.pack(float(size)))
+    writer.sync()
+    writer.close()
+
+
+class RecordingManager(NullObserver):
+    """Starts a recorder for every publish (an ``Observer``) and, as a ``ProtocolHandler``,
+    makes sure every recording is finalized before the node exits."""
+
+    name = "recorder"
+
+    def __init__(self, registry: PublishRegistry, storage: Storage,
+                 settings: RecordSettings | None = None) -> None:
+        self.registry = registry
+        self.storage = storage
+        self.settings = settings or RecordSettings()
+        self.recorders: dict[StreamKey, Recorder] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def on_publish_start(self, key: StreamKey, protocol: str, peer: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._record(key), name=f"record-{key}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _record(self, key: StreamKey) -> None:
+        try:
+            sub = await self.registry.subscribe(key, protocol="record", peer="recorder")
+        except StreamNotFound:
+            return
+        recorder = Recorder(self.storage, sub, self.settings)
+        self.recorders[key] = recorder
+        try:
+            await recorder.run()
+        finally:
+            if self.recorders.get(key) is recorder:
+                del self.recorders[key]
+
+    async def run(self, registry: PublishRegistry, shutdown: ShutdownToken) -> None:
+        await shutdown.wait()
+        # Streams end as the listeners wind down; end any that are left, then let every
+        # recording finalize.
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5.0)
+        for key in list(self.recorders):
+            await registry.end_publish(key, "shutdown")
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=self.settings.finalize_timeout)

@@ -1,0 +1,115 @@
+"""The recorder against storage: path safety, slow storage, finalization."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+import pytest
+
+from arcly.engine import Engine, EngineConfig, FrameKind, InvalidStreamKey, StreamKey
+from arcly.media import amf0, flv
+from arcly.media.flv import make_frame
+from arcly.recording import FilesystemStorage, RecordingManager, RecordSettings
+from arcly.recording.storage import FileWriter
+from tests.support.media import load_tags
+
+KEY = StreamKey("live", "rec")
+
+
+@pytest.mark.parametrize("name", ["../x.flv", "/etc/passwd", "live/../../x", "live/./x",
+                                  "", "live/.hidden", "a//b"])
+def test_storage_refuses_paths_outside_its_root(tmp_path: Path, name: str) -> None:
+    with pytest.raises(InvalidStreamKey):
+        FilesystemStorage(tmp_path).open(name)
+    assert list(tmp_path.iterdir()) == []
+
+
+class SlowStorage(FilesystemStorage):
+    """Storage whose every write takes a while: a disk that cannot keep up."""
+
+    def open(self, name: str) -> FileWriter:
+        writer = super().open(name)
+        original = writer.write
+
+        def slow_write(data: bytes) -> None:
+            time.sleep(0.004)
+            original(data)
+
+        writer.write = slow_write  # type: ignore[method-assign]
+        return writer
+
+
+async def _publish_source(engine: Engine, source: Path, seconds: float) -> tuple[int, int]:
+    """Publish the source's tags in (compressed) real time; return frames sent and frames a
+    plain viewer received."""
+    handle = await engine.start_publish(KEY)
+    viewer = await engine.subscribe(KEY)
+    sent = received = 0
+    for tag in load_tags(source):
+        if tag.timestamp > seconds * 1000:
+            break
+        handle.publish_frame(make_frame(FrameKind(tag.tag_type), tag.timestamp, tag.body))
+        sent += 1
+        received += len(await viewer.next_batch())
+        if sent % 20 == 0:
+            await asyncio.sleep(0.005)
+    await engine.end_publish(KEY, "publisher disconnected")
+    received += len(await viewer.next_batch())
+    return sent, received
+
+
+async def test_slow_storage_drops_whole_gops_without_delaying_viewers_or_growing_memory(
+        tmp_path: Path, source_flv: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "arcly.recording")
+    engine = Engine(EngineConfig(idle_timeout=None))
+    cap = 256 * 1024
+    manager = RecordingManager(engine, SlowStorage(tmp_path), RecordSettings(
+        max_pending_bytes=cap))
+    engine.observer = manager
+    peak = 0
+
+    async def watch() -> None:
+        nonlocal peak
+        while True:
+            for recorder in manager.recorders.values():
+                peak = max(peak, recorder.pending)
+            await asyncio.sleep(0)
+
+    watcher = asyncio.create_task(watch())
+    sent, received = await _publish_source(engine, source_flv, seconds=10)
+    await asyncio.wait_for(asyncio.gather(*manager._tasks), 30)
+    watcher.cancel()
+    assert received == sent, "the live viewer got every frame"
+    largest_frame = max(len(t.body) for t in load_tags(source_flv))
+    assert peak <= cap + largest_frame + 64, "pending bytes stay at the cap"
+    assert "recording behind storage; dropping until the next keyframe" in caplog.text
+    finalized = [r for r in caplog.records if "recording finalized" in r.getMessage()]
+    assert finalized and "dropped_frames=0" not in finalized[0].getMessage()
+    # What was written is still a valid FLV whose video restarts at keyframes.
+    data = next(tmp_path.rglob("*.flv")).read_bytes()
+    tags, _ = flv.parse_tags(data, flv.parse_header(data))
+    videos = [t for t in tags if t.tag_type == flv.TAG_VIDEO]
+    assert flv.is_video_config(videos[0].body) and flv.is_video_keyframe(videos[1].body)
+
+
+async def test_recording_is_finalized_with_duration_and_size(
+        tmp_path: Path, source_flv: Path) -> None:
+    engine = Engine(EngineConfig(idle_timeout=None))
+    manager = RecordingManager(engine, FilesystemStorage(tmp_path), RecordSettings(hls=True))
+    engine.observer = manager
+    await _publish_source(engine, source_flv, seconds=6)
+    await asyncio.wait_for(asyncio.gather(*manager._tasks), 30)
+    path = next(tmp_path.rglob("*.flv"))
+    assert path.relative_to(tmp_path).parts[:2] == ("live", "rec")
+    data = path.read_bytes()
+    tags, rest = flv.parse_tags(data, flv.parse_header(data))
+    assert rest == len(data)
+    meta = amf0.decode(tags[0].body)[1]
+    assert abs(meta["duration"] - 6.0) < 0.1
+    assert meta["filesize"] == len(data)
+    assert meta.get("width") == 640.0, "the publisher's metadata is kept"
+    playlist = next(tmp_path.rglob("index.m3u8")).read_text()
+    assert "#EXT-X-PLAYLIST-TYPE:VOD" in playlist and playlist.rstrip().endswith("#EXT-X-ENDLIST")
