@@ -16,7 +16,9 @@ HLSJS_VERSION ?= 1.7.4
 MPEGTS_VERSION ?= 1.8.2
 STATIC := services/arcly/http/static
 
-.PHONY: run test lint fmt clean venv deps tools static browser
+PROTOS := protos/arcly/relay/v1/relay.proto
+
+.PHONY: run test lint fmt clean venv deps tools static browser proto proto-check
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -67,7 +69,20 @@ test: tools
 	@$(MAKE) --no-print-directory browser
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-lint: $(STAMP_DEV)
+## Regenerate the gRPC stubs (committed; 'make proto-check' fails when they are stale).
+proto: $(STAMP_DEV)
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=services --grpc_python_out=services \
+	  --pyi_out=services $(PROTOS)
+
+proto-check: $(STAMP_DEV)
+	@rm -rf build/proto && mkdir -p build/proto
+	@$(PY) -m grpc_tools.protoc -Iprotos --python_out=build/proto --grpc_python_out=build/proto \
+	  --pyi_out=build/proto $(PROTOS)
+	@diff -r -x __init__.py -x __pycache__ build/proto/arcly/relay services/arcly/relay \
+	  && echo "gRPC stubs are fresh" \
+	  || { echo "gRPC stubs are stale: run 'make proto' and commit"; exit 1; }
+
+lint: $(STAMP_DEV) proto-check
 	$(BIN)/ruff check services tests bench
 	$(BIN)/mypy
 	@echo "kernel imports:"; ! grep -rnE '^\s*(import|from)\s+(redis|grpc|opentelemetry|uvloop|kopf|aiohttp)\b' services/arcly/engine && echo "  standard library only"

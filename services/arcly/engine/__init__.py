@@ -30,6 +30,7 @@ from .extension import (
     PublishRegistry,
     Storage,
     StorageWriter,
+    Upstream,
 )
 from .frame import Frame, FrameKind
 from .gop import GopCache
@@ -44,5 +45,5 @@ __all__ = [
     "KeyOwnership", "LocalOwnership", "MediaSource", "NullObserver", "Observer", "ProtocolError",
     "ProtocolHandler", "PublishHandle", "PublishRegistry", "SegmentMark", "ShutdownToken",
     "Storage", "StorageWriter", "Stream", "StreamBusy", "StreamKey", "StreamNotFound",
-    "Subscription", "Timeline", "TimelineState",
+    "Subscription", "Timeline", "TimelineState", "Upstream",
 ]

@@ -17,6 +17,8 @@ class EngineConfig:
     ``viewer_skip_window`` seconds disconnect it.
     ``shutdown_grace``: seconds handlers get to wind down after shutdown before being cancelled.
     ``segment_target``: seconds; the stream's segment timeline (HLS) groups GOPs to about this.
+    ``upstream_linger``: seconds a stream pulled from an ``Upstream`` stays open after its last
+    subscriber left (a viewer hopping back does not pay for a new upstream).
     """
 
     idle_timeout: float | None = 30.0
@@ -28,6 +30,7 @@ class EngineConfig:
     viewer_skip_window: float = 30.0
     shutdown_grace: float = 25.0
     segment_target: float = 2.0
+    upstream_linger: float = 5.0
 
     def __post_init__(self) -> None:
         if self.idle_timeout is not None and self.idle_timeout <= 0:

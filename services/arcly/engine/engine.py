@@ -21,6 +21,7 @@ from .extension import (
     NullObserver,
     Observer,
     ProtocolHandler,
+    Upstream,
 )
 from .key import StreamKey
 from .shutdown import ShutdownToken
@@ -52,7 +53,7 @@ class Engine:
 
     def __init__(self, config: EngineConfig | None = None, *, observer: Observer | None = None,
                  auth: AuthProvider | None = None, ownership: KeyOwnership | None = None,
-                 clock: Clock = time.monotonic) -> None:
+                 upstream: Upstream | None = None, clock: Clock = time.monotonic) -> None:
         self.config = config or EngineConfig()
         self.observer: Observer = observer or NullObserver()
         self.auth: AuthProvider = auth or AllowAll()
@@ -61,6 +62,10 @@ class Engine:
         self._streams: dict[StreamKey, Stream] = {}
         self._claiming: set[StreamKey] = set()
         self._timelines: OrderedDict[StreamKey, TimelineState] = OrderedDict()
+        self.upstream = upstream
+        self._pulling: dict[StreamKey, asyncio.Future[Stream | None]] = {}
+        self._pulls: set[asyncio.Task[None]] = set()
+        self._pull_root = ShutdownToken()
 
     # -- publish registry -------------------------------------------------------------------
 
@@ -101,14 +106,81 @@ class Engine:
 
     async def subscribe(self, key: StreamKey, *, protocol: str = "",
                         peer: str = "") -> Subscription:
-        """Join ``key``'s stream. The first batch holds configuration + the cached GOP."""
+        """Join ``key``'s stream. The first batch holds configuration + the cached GOP.
+
+        On a node with an ``Upstream`` (an edge), a key it does not have is opened upstream
+        once, shared by every local subscriber, and closed ``upstream_linger`` seconds after
+        the last one left."""
         stream = self._streams.get(key)
+        if stream is None and self.upstream is not None:
+            stream = await self._pull(key)
         if stream is None:
             raise StreamNotFound(f"{key} is not being published")
         sub = Subscription(stream, protocol=protocol, peer=peer)
         stream.add_subscriber(sub)
         self.observer.on_play_start(key, protocol, peer)
         return sub
+
+    async def _pull(self, key: StreamKey) -> Stream | None:
+        pending = self._pulling.get(key)
+        if pending is not None:  # another subscriber is already opening it: share that
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Stream | None] = asyncio.get_running_loop().create_future()
+        self._pulling[key] = future
+        try:
+            stream = await self._open_upstream(key)
+            future.set_result(stream)
+            return stream
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters re-raise it themselves
+            raise
+        finally:
+            del self._pulling[key]
+
+    async def _open_upstream(self, key: StreamKey) -> Stream | None:
+        assert self.upstream is not None
+        source = await self.upstream.open(key)
+        if source is None:
+            return None
+        token = self._pull_root.child()
+        task = asyncio.create_task(self._run_pull(key, source, token), name=f"pull-{key}")
+        self._pulls.add(task)
+        task.add_done_callback(self._pulls.discard)
+        for _ in range(1000):  # pump_source registers the stream within a few loop turns
+            stream = self._streams.get(key)
+            if stream is not None or task.done():
+                return stream
+            await asyncio.sleep(0)
+        return self._streams.get(key)
+
+    async def _run_pull(self, key: StreamKey, source: MediaSource, token: ShutdownToken) -> None:
+        linger = asyncio.create_task(self._linger(key, token))
+        try:
+            await self.pump_source(key, source, token, protocol="upstream", peer="")
+        except Exception as exc:
+            log.warning("upstream ended with an error stream=%s error=%r", key, exc)
+        finally:
+            linger.cancel()
+
+    async def _linger(self, key: StreamKey, token: ShutdownToken) -> None:
+        """Close a pulled stream once it has had no subscriber for ``upstream_linger``."""
+        idle_since: float | None = None
+        step = min(0.5, self.config.upstream_linger / 2)
+        while not token.cancelled:
+            await asyncio.sleep(step)
+            stream = self._streams.get(key)
+            if stream is None:
+                return
+            if stream.subscribers:
+                idle_since = None
+            elif idle_since is None:
+                idle_since = self.clock()
+            elif self.clock() - idle_since >= self.config.upstream_linger:
+                log.info("closing idle upstream stream=%s linger=%s", key,
+                         self.config.upstream_linger)
+                token.cancel()
+                return
 
     def _timeline_state(self, key: StreamKey) -> TimelineState:
         state = self._timelines.pop(key, None) or TimelineState()
@@ -165,7 +237,8 @@ class Engine:
                     task.cancel()
         finally:
             shutdown.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            self._pull_root.cancel()
+            await asyncio.gather(*tasks, *self._pulls, return_exceptions=True)
             for key in list(self._streams):
                 await self.end_publish(key, "shutdown")
         if errors:

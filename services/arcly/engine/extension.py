@@ -71,6 +71,14 @@ class MediaSource(Protocol):
 
 
 @runtime_checkable
+class Upstream(Protocol):
+    """Where a node gets streams it does not have (an edge: the owning origin's relay).
+    ``open`` returns a source for ``key``, or None when nobody publishes it."""
+
+    async def open(self, key: StreamKey) -> MediaSource | None: ...
+
+
+@runtime_checkable
 class KeyOwnership(Protocol):
     """Who owns a stream key. Local by default; the cluster plugs in a Redis lease here.
     ``claim`` returns a fencing token (monotonic per key) or raises ``StreamBusy``."""

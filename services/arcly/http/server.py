@@ -17,6 +17,7 @@ from arcly.engine import (
     Action,
     AuthError,
     AuthRequest,
+    Engine,
     InvalidStreamKey,
     ProtocolError,
     PublishRegistry,
@@ -27,8 +28,9 @@ from arcly.engine import (
 )
 from arcly.media import flv
 from arcly.protocols.egress import deliver, limit_send_buffer
-from arcly.protocols.listener import close_writer, peer_name, start_listener
+from arcly.protocols.listener import Admission, close_writer, peer_name, start_listener
 
+from .api import stream_detail, streams_document
 from .player import player_page, static_file
 from .request import MAX_HEAD, Request, parse_request, quote_query
 
@@ -56,8 +58,13 @@ class HttpServer:
     name = "http"
 
     def __init__(self, host: str, port: int, settings: HttpSettings | None = None, *,
-                 hls: HlsService | None = None) -> None:
+                 hls: HlsService | None = None, engine: Engine | None = None,
+                 admission: Admission | None = None, node: dict[str, str] | None = None
+                 ) -> None:
         self.hls = hls
+        self.engine = engine
+        self.admission = admission or Admission()
+        self.node = node or {}
         self.host = host
         self.port = port
         self.settings = settings or HttpSettings()
@@ -143,12 +150,21 @@ class HttpServer:
             return
         head_only = request.method == "HEAD"
         if request.path in ("/healthz", "/readyz"):
-            ready = not self._stopping
-            self._respond(writer, 200 if ready else 503,
-                          json.dumps({"status": "ok" if ready else "stopping"}) + "\n",
+            # Liveness: the process serves. Readiness: it also takes new sessions.
+            draining = request.path == "/readyz" and self.admission.draining
+            ready = not self._stopping and not draining
+            state = "ok" if ready else "stopping" if self._stopping else "draining"
+            self._respond(writer, 200 if ready else 503, json.dumps({"status": state}) + "\n",
                           "application/json", head_only)
             return
         parts = request.path.strip("/").split("/")
+        if parts[:2] == ["api", "v1"] and self.engine is not None:
+            self._api(parts[2:], writer, head_only)
+            return
+        if self.admission.draining and (request.path.endswith((".flv", ".m3u8"))):
+            self._respond(writer, 503, "node is draining\n", head_only=head_only,
+                          extra={"Retry-After": "1"})
+            return
         if len(parts) == 2 and parts[0] == "static":
             script = static_file(parts[1])
             if script is None:
@@ -176,6 +192,28 @@ class HttpServer:
             await self._hls(registry, request, parts, writer, peer, head_only)
             return
         self._respond(writer, 404, "not found\n", head_only=head_only)
+
+    def _api(self, parts: list[str], writer: asyncio.StreamWriter, head_only: bool) -> None:
+        assert self.engine is not None
+        document: dict[str, object] | None = None
+        if parts == ["streams"]:
+            document = streams_document(self.engine)
+        elif parts == ["node"]:
+            document = {**self.node, "draining": self.admission.draining,
+                        "streams": len(self.engine.streams()),
+                        "viewers": sum(len(s.subscribers) for s in self.engine.streams())}
+        elif len(parts) == 3 and parts[0] == "streams":
+            try:
+                stream = self.engine.stream(StreamKey(parts[1], parts[2]))
+            except InvalidStreamKey:
+                stream = None
+            if stream is not None:
+                document = stream_detail(self.engine, stream)
+        if document is None:
+            self._respond(writer, 404, json.dumps({"error": "not found"}) + "\n",
+                          "application/json", head_only)
+            return
+        self._respond(writer, 200, json.dumps(document) + "\n", "application/json", head_only)
 
     async def _hls(self, registry: PublishRegistry, request: Request, parts: list[str],
                    writer: asyncio.StreamWriter, peer: str, head_only: bool) -> None:

@@ -18,7 +18,7 @@ from arcly.engine import ArclyError
 
 from . import logs
 from .config import add_node_options, build_config
-from .server import serve_single
+from .server import run_node
 
 
 def _run(coro: Coroutine[Any, Any, None]) -> None:
@@ -35,16 +35,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="arcly", description="arcly-stream live video node")
     parser.add_argument("--version", action="version", version=f"arcly {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    serve = sub.add_parser("serve", help="run a single node: RTMP in, RTMP + HTTP-FLV out")
-    add_node_options(serve)
+    commands = {
+        "serve": ("single", "run a single node: RTMP in; RTMP, HTTP-FLV and HLS out"),
+        "origin": ("origin", "run an origin: RTMP ingest + relay to edges (needs Redis)"),
+        "edge": ("edge", "run an edge: viewers, streams relayed from origins (needs Redis)"),
+    }
+    parsers = {}
+    for name, (_, help_text) in commands.items():
+        parsers[name] = sub.add_parser(name, help=help_text, description=help_text)
+        add_node_options(parsers[name])
     args = parser.parse_args(argv)
-    if args.command != "serve":
+    if args.command not in commands:
         parser.print_help()
         return 2
-    config = build_config(args, parser=serve)
+    config = build_config(args, parser=parsers[args.command])
     logs.configure(config.log_level, as_json=config.log_json)
     try:
-        _run(serve_single(config))
+        _run(run_node(commands[args.command][0], config))
     except (OSError, ArclyError) as exc:
         logging.getLogger("arcly.node").error("node failed error=%s", exc)
         return 1

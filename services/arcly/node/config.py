@@ -53,6 +53,16 @@ class NodeConfig:
     hls_on_publish: bool = False
     record: str | None = None
     record_hls: bool = False
+    grpc_listen: Address = Address("0.0.0.0", 7000)
+    advertise_address: str | None = None
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "arcly:"
+    node_id: str | None = None
+    relay_token: str = ""
+    ownership_lease: float = 10.0
+    drain_timeout: float = 30.0
+    edge_linger: float = 5.0
+    reconnect_window: float = 20.0
 
 
 def _positive_float_or_off(text: str) -> float | None:
@@ -114,6 +124,20 @@ _OPTIONS: list[tuple[str, object, str]] = [
      "segment every stream from its first frame, not from the first HLS request"),
     ("--record", str, "record every stream as FLV under this directory (off when unset)"),
     ("--record-hls", _bool, "also record HLS VOD (TS segments + playlist) next to the FLV"),
+    ("--grpc-listen", _address, "origin: relay gRPC listen address HOST:PORT"),
+    ("--advertise-address", str,
+     "origin: HOST:PORT edges dial for the relay (default: the gRPC listen address)"),
+    ("--redis-url", str, "origin/edge: the registry, redis://[:password@]host:port/db"),
+    ("--redis-prefix", str, "origin/edge: prefix of every registry key"),
+    ("--node-id", str, "origin/edge: this node's id (default: $POD_NAME, else host-pid)"),
+    ("--relay-token", str, "origin/edge: shared secret of the relay (use the env var)"),
+    ("--ownership-lease", _positive_float, "origin: seconds a key's ownership lease lasts"),
+    ("--drain-timeout", _positive_float,
+     "origin/edge: seconds existing sessions may continue after SIGTERM"),
+    ("--edge-linger", _positive_float,
+     "edge: seconds an upstream stays open after its last viewer left"),
+    ("--reconnect-window", _positive_float,
+     "edge: seconds to wait for a stream's new owner when its origin is lost"),
 ]
 
 

@@ -9,6 +9,17 @@ from collections.abc import Awaitable, Callable
 
 log = logging.getLogger("arcly.listener")
 
+class Admission:
+    """Whether a listener takes new sessions: edges take no publishers, and a draining node
+    takes nothing new while its existing sessions finish."""
+
+    __slots__ = ("allow_publish", "draining")
+
+    def __init__(self, *, allow_publish: bool = True) -> None:
+        self.allow_publish = allow_publish
+        self.draining = False
+
+
 ClientHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 

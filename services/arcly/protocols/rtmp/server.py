@@ -30,7 +30,7 @@ from arcly.engine import (
 )
 from arcly.media.flv import make_frame
 from arcly.protocols.egress import deliver, limit_send_buffer
-from arcly.protocols.listener import close_writer, peer_name, start_listener
+from arcly.protocols.listener import Admission, close_writer, peer_name, start_listener
 
 from .connection import RtmpConnection, State, media_chunks
 from .events import (
@@ -65,7 +65,9 @@ class RtmpServer:
 
     name = "rtmp"
 
-    def __init__(self, host: str, port: int, settings: RtmpSettings | None = None) -> None:
+    def __init__(self, host: str, port: int, settings: RtmpSettings | None = None, *,
+                 admission: Admission | None = None) -> None:
+        self.admission = admission or Admission()
         self.host = host
         self.port = port
         self.settings = settings or RtmpSettings()
@@ -196,12 +198,22 @@ class _Session:
         sid = event.stream_id
         if self.publishing or self.playing:
             raise ProtocolError("RTMP: publish on a connection that already publishes or plays")
+        admission = self.server.admission
+        if not admission.allow_publish or admission.draining:
+            why = "node is draining" if admission.draining else "this node takes no publishers"
+            log.info("publish refused app=%s name=%s peer=%s reason=%s", self.conn.app,
+                     event.name[:128], self.peer, why)
+            self.conn.reject_publish(sid, "NetStream.Publish.Rejected", why)
+            self.closing = "publish refused"
+            return
         try:
             key = await self._admit(Action.PUBLISH, event.name, event.query)
             handle = await self.registry.start_publish(key, protocol="rtmp", peer=self.peer)
-        except (InvalidStreamKey, StreamBusy, AuthError) as exc:
+        except ArclyError as exc:
             code = ("NetStream.Publish.Unauthorized" if isinstance(exc, AuthError)
-                    else "NetStream.Publish.BadName")
+                    else "NetStream.Publish.BadName"
+                    if isinstance(exc, InvalidStreamKey | StreamBusy)
+                    else "NetStream.Publish.Failed")
             log.warning("publish refused app=%s name=%s peer=%s code=%s reason=%s",
                         self.conn.app, event.name[:128], self.peer, code, exc)
             self.conn.reject_publish(sid, code, str(exc))
@@ -223,6 +235,10 @@ class _Session:
         sid = event.stream_id
         if self.publishing or sid in self.playing:
             raise ProtocolError("RTMP: play on a connection that already publishes or plays")
+        if self.server.admission.draining:
+            self.conn.reject_play(sid, "NetStream.Play.Failed", "node is draining")
+            self.closing = "play refused"
+            return
         try:
             key = await self._admit(Action.PLAY, event.name, event.query)
             sub = await self.registry.subscribe(key, protocol="rtmp", peer=self.peer)

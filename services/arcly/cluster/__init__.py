@@ -1,0 +1,1 @@
+"""The cluster: Redis registry (ownership, nodes, streams, events) and the gRPC relay."""

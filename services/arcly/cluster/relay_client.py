@@ -1,0 +1,154 @@
+"""The relay client on edges: an ``Upstream`` that finds a key's owner in the registry and a
+``MediaSource`` that streams its frames over ``Relay.Subscribe``.
+
+If the origin is lost mid-stream (it died, or the key was republished elsewhere) the source
+re-resolves the owner and resubscribes, for up to ``reconnect_window`` seconds, without ending
+the local stream: viewers stay connected and continue from the new session's sequence headers.
+A normal end of stream (the publisher left) ends the local stream at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+import grpc
+
+from arcly.engine import Frame, FrameKind, SegmentMark, StreamKey
+from arcly.relay.v1 import relay_pb2 as pb
+
+from .registry import Owner, RedisRegistry, RegistryUnavailable
+from .relay_server import SERVICE, RelaySettings, grpc_options
+
+log = logging.getLogger("arcly.relay")
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeSettings:
+    relay: RelaySettings = field(default_factory=RelaySettings)
+    reconnect_window: float = 20.0
+    poll_interval: float = 0.25
+
+
+class RelayUpstream:
+    """The kernel ``Upstream`` of an edge node."""
+
+    def __init__(self, registry: RedisRegistry, node_id: str, settings: EdgeSettings) -> None:
+        self.registry = registry
+        self.node_id = node_id
+        self.settings = settings
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self.lag_ms = 0.0
+
+    def channel(self, address: str) -> grpc.aio.Channel:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = grpc.aio.insecure_channel(address, options=grpc_options(
+                self.settings.relay))
+            self._channels[address] = channel
+        return channel
+
+    async def open(self, key: StreamKey) -> RelaySource | None:
+        try:
+            owner = await self.registry.owner(key)
+        except RegistryUnavailable as exc:
+            log.warning("cannot resolve stream=%s error=%s", key, exc)
+            return None
+        if owner is None or not owner.relay:
+            return None
+        return RelaySource(self, key, owner)
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()
+
+
+class RelaySource:
+    """One upstream subscription, surviving origin changes."""
+
+    def __init__(self, upstream: RelayUpstream, key: StreamKey, owner: Owner) -> None:
+        self.upstream = upstream
+        self.key = key
+        self.owner = owner
+        self.highest_token = owner.token
+        self._call: grpc.aio.UnaryStreamCall | None = None
+        self.resubscriptions = 0
+
+    def _subscribe(self) -> None:
+        stub = self.upstream.channel(self.owner.relay)
+        metadata = (("authorization", f"Bearer {self.upstream.settings.relay.token}"),)
+        self._call = stub.unary_stream(
+            f"/{SERVICE}/Subscribe", request_serializer=pb.SubscribeRequest.SerializeToString,
+            response_deserializer=pb.RelayMessage.FromString,
+        )(pb.SubscribeRequest(app=self.key.app, stream=self.key.stream,
+                              node_id=self.upstream.node_id), metadata=metadata)
+        log.info("relay subscribed stream=%s origin=%s relay=%s token=%d", self.key,
+                 self.owner.node_id, self.owner.relay, self.owner.token)
+
+    async def next_frame(self) -> Frame | None:
+        while True:
+            if self._call is None:
+                self._subscribe()
+            assert self._call is not None
+            try:
+                message = await self._call.read()
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code()
+                if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT):
+                    log.error("relay refused stream=%s code=%s detail=%s", self.key, code.name,
+                              exc.details())
+                    return None
+                log.warning("relay lost stream=%s origin=%s code=%s", self.key,
+                            self.owner.node_id, code.name)
+                if not await self._reresolve():
+                    return None
+                continue
+            if message is grpc.aio.EOF:
+                if not await self._reresolve():
+                    return None
+                continue
+            if message.HasField("ended"):
+                log.info("relay stream ended stream=%s reason=%r", self.key,
+                         message.ended.reason)
+                return None
+            frame = message.frame
+            if frame.fencing_token < self.highest_token:
+                continue  # a stale owner's frame
+            self.highest_token = frame.fencing_token
+            if frame.origin_time_us:
+                self.upstream.lag_ms = max(0.0, time.time() * 1000 - frame.origin_time_us / 1000)
+            mark = None
+            if frame.HasField("mark"):
+                mark = SegmentMark(frame.mark.sequence, frame.mark.discontinuity,
+                                   frame.mark.start, frame.mark.session)
+            return Frame(FrameKind(frame.kind), frame.timestamp, frame.payload,
+                         keyframe=frame.keyframe, config=frame.config, mark=mark)
+
+    async def _reresolve(self) -> bool:
+        """Wait for the key's next owner (a republish, here or on another origin)."""
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None
+        deadline = time.monotonic() + self.upstream.settings.reconnect_window
+        while time.monotonic() < deadline:
+            try:
+                owner = await self.upstream.registry.owner(self.key)
+            except RegistryUnavailable:
+                owner = None
+            if owner is not None and owner.relay and (
+                    owner.token != self.owner.token or owner.node_id != self.owner.node_id):
+                self.owner = owner
+                self.resubscriptions += 1
+                return True
+            await asyncio.sleep(self.upstream.settings.poll_interval)
+        log.info("relay gave up stream=%s after %.0f s without a new owner", self.key,
+                 self.upstream.settings.reconnect_window)
+        return False
+
+    async def aclose(self) -> None:
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None

@@ -1,0 +1,143 @@
+"""The relay server on origins: ``Relay.Subscribe`` streams a key's frames to an edge.
+
+Each frame's serialized ``RelayMessage`` is built once and shared by every subscribing edge
+(cached on the frame like the RTMP and FLV encodings). The kernel subscription is the edge's
+bounded queue: an edge that stops reading falls behind, skips to keyframes, and is cut with
+``RESOURCE_EXHAUSTED`` — the publisher and other edges never wait for it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from arcly.engine import (
+    Frame,
+    InvalidStreamKey,
+    PublishRegistry,
+    ShutdownToken,
+    StreamKey,
+    StreamNotFound,
+)
+from arcly.relay.v1 import relay_pb2 as pb
+
+log = logging.getLogger("arcly.relay")
+
+SERVICE = "arcly.relay.v1.Relay"
+MAX_MESSAGE = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class RelaySettings:
+    token: str = ""
+    keepalive_seconds: float = 20.0
+
+
+def grpc_options(settings: RelaySettings) -> list[tuple[str, Any]]:
+    """Channel/server options both ends share: video-sized messages, keepalive on."""
+    return [("grpc.max_send_message_length", MAX_MESSAGE),
+            ("grpc.max_receive_message_length", MAX_MESSAGE),
+            ("grpc.keepalive_time_ms", int(settings.keepalive_seconds * 1000)),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0)]
+
+
+def encode_frame(frame: Frame, token: int) -> bytes:
+    """The serialized ``RelayMessage`` of ``frame``, built once per frame."""
+    data = frame.encodings.get("relay")
+    if data is None:
+        message = pb.RelayFrame(kind=int(frame.kind),  # type: ignore[arg-type]
+                                timestamp=frame.timestamp,
+                                keyframe=frame.keyframe, config=frame.config,
+                                payload=frame.payload, fencing_token=token,
+                                origin_time_us=time.time_ns() // 1000)
+        mark = frame.mark
+        if mark is not None:
+            message.mark.sequence = mark.sequence
+            message.mark.discontinuity = mark.discontinuity
+            message.mark.start = mark.start
+            message.mark.session = mark.session
+        data = pb.RelayMessage(frame=message).SerializeToString()
+        frame.encodings["relay"] = data
+    return data
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+class RelayServer:
+    """Serves ``arcly.relay.v1.Relay`` on the origin's gRPC listener."""
+
+    name = "relay"
+
+    def __init__(self, host: str, port: int, settings: RelaySettings, *,
+                 on_bound: Callable[[str, int], None] | None = None) -> None:
+        self.on_bound = on_bound
+        self.host = host
+        self.port = port
+        self.settings = settings
+        self.addresses: list[tuple[str, int]] = []
+        self._registry: PublishRegistry | None = None
+
+    async def run(self, registry: PublishRegistry, shutdown: ShutdownToken) -> None:
+        self._registry = registry
+        server = grpc.aio.server(options=grpc_options(self.settings))
+        handler = grpc.method_handlers_generic_handler(SERVICE, {
+            "Subscribe": grpc.unary_stream_rpc_method_handler(
+                self._subscribe, request_deserializer=pb.SubscribeRequest.FromString,
+                response_serializer=_identity)})
+        server.add_generic_rpc_handlers((handler,))
+        port = server.add_insecure_port(f"{self.host}:{self.port}")
+        self.addresses = [(self.host, port)]
+        await server.start()
+        log.info("listening protocol=relay address=%s:%d", self.host, port)
+        if self.on_bound is not None:
+            self.on_bound(self.host, port)
+        try:
+            await shutdown.wait()
+        finally:
+            await server.stop(grace=5.0)
+
+    def _authorized(self, context: grpc.aio.ServicerContext) -> bool:
+        expected = f"Bearer {self.settings.token}"
+        for name, value in context.invocation_metadata() or ():
+            if name == "authorization" and hmac.compare_digest(str(value), expected):
+                return True
+        return not self.settings.token
+
+    async def _subscribe(self, request: pb.SubscribeRequest,
+                         context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        peer = request.node_id or context.peer()
+        if not self._authorized(context):
+            log.warning("relay refused peer=%s reason=bad token", context.peer())
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad relay token")
+        try:
+            key = StreamKey(request.app, request.stream)
+        except InvalidStreamKey as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        assert self._registry is not None
+        try:
+            sub = await self._registry.subscribe(key, protocol="relay", peer=peer)
+        except StreamNotFound as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        token = sub.stream.token
+        reason = "edge left"
+        try:
+            while batch := await sub.next_batch():
+                for frame in batch:
+                    yield encode_frame(frame, token)
+            reason = sub.close_reason
+            if reason == "slow viewer":
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                    "edge fell too far behind")
+            yield pb.RelayMessage(ended=pb.StreamEnded(reason=reason)).SerializeToString()
+        finally:
+            sub.close(reason)

@@ -1,0 +1,1 @@
+"""Generated gRPC stubs of protos/arcly/relay/v1 (make proto)."""
