@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests import tools
-from tests.support.processes import FfmpegPublisher, Node
+from tests.support.processes import FfmpegPublisher, Node, RedisServer
 
 # The generated test source: 640x360@30 H.264 + AAC 44.1 kHz, a keyframe every 2 s.
 WIDTH, HEIGHT, FPS, GOP_SECONDS = 640, 360, 30, 2
@@ -93,3 +93,12 @@ def publish(ffmpeg: str, source_flv: Path) -> Iterator[Callable[[Node, str], Ffm
     finally:
         for pub in publishers:
             pub.stop()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    try:
+        yield server
+    finally:
+        server.stop()

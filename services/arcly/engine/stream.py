@@ -161,6 +161,7 @@ class Subscription:
         "close_reason",
         "closed",
         "delivered",
+        "done",
         "dropped",
         "peer",
         "protocol",
@@ -185,6 +186,7 @@ class Subscription:
         self.delivered = 0
         self.closed = False
         self.close_reason = ""
+        self.done = ShutdownToken()  # cancelled when delivery ends, whatever the reason
 
     @property
     def key(self) -> StreamKey:
@@ -238,6 +240,7 @@ class Subscription:
             return
         self._finished = True
         self.close_reason = reason
+        self.done.cancel()
         if reason == "slow viewer":
             self._pending = []
             self._pending_bytes = 0
