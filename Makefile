@@ -18,7 +18,7 @@ STATIC := services/arcly/http/static
 
 PROTOS := protos/arcly/relay/v1/relay.proto
 
-.PHONY: run test lint fmt clean venv deps tools static browser proto proto-check
+.PHONY: run test lint fmt clean venv deps tools static browser proto proto-check bench bench-relay
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -81,6 +81,12 @@ proto-check: $(STAMP_DEV)
 	@diff -r -x __init__.py -x __pycache__ build/proto/arcly/relay services/arcly/relay \
 	  && echo "gRPC stubs are fresh" \
 	  || { echo "gRPC stubs are stale: run 'make proto' and commit"; exit 1; }
+
+## Benchmarks (never part of 'make test'): results in bench/results/.
+bench: bench-relay
+
+bench-relay: tools
+	$(PY) bench/relay.py $(BENCH_ARGS)
 
 lint: $(STAMP_DEV) proto-check
 	$(BIN)/ruff check services tests bench

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -296,3 +297,84 @@ def test_relay_refuses_a_wrong_token_and_cuts_an_edge_that_stops_reading(
     asyncio.run(scenario())
     assert publisher.alive()
     assert "relay refused" in origin.log_text() and "bad token" in origin.log_text()
+
+
+def _make_pki(folder: Path) -> dict[str, Path]:
+    """A throwaway CA, an origin certificate for 127.0.0.1 and an edge client certificate."""
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=arcly-ca",
+        "-keyout", "ca.key", "-out", "ca.pem")
+    for name, ext in (("origin", "subjectAltName=IP:127.0.0.1"),
+                      ("edge", "extendedKeyUsage=clientAuth")):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout",
+            f"{name}.key", "-out", f"{name}.csr")
+        (folder / f"{name}.ext").write_text(ext + "\n")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "1", "-extfile", f"{name}.ext", "-out", f"{name}.pem")
+    return {p.name: p for p in folder.iterdir()}
+
+
+def test_relay_over_mutual_tls(node_factory: NodeFactory, redis_server: RedisServer,
+                               publish: Callable[[Node, str], FfmpegPublisher],
+                               tmp_path: Path) -> None:
+    pki = _make_pki(tmp_path)
+    origin = cluster_node(node_factory, "origin", redis_server, "o1",
+                          "--relay-tls-cert", str(pki["origin.pem"]), "--relay-tls-key",
+                          str(pki["origin.key"]), "--relay-tls-ca", str(pki["ca.pem"]))
+    trusted = cluster_node(node_factory, "edge", redis_server, "e1", "--relay-tls-ca",
+                           str(pki["ca.pem"]), "--relay-tls-cert", str(pki["edge.pem"]),
+                           "--relay-tls-key", str(pki["edge.key"]))
+    no_client_cert = cluster_node(node_factory, "edge", redis_server, "e2", "--relay-tls-ca",
+                                  str(pki["ca.pem"]), "--reconnect-window", "1")
+    publish(origin, "live/tls")
+    origin.wait_for_log(r"listening protocol=relay .* tls=True mtls=True")
+
+    async def scenario() -> None:
+        viewer = await HttpFlvReader.open(trusted.http, "/live/tls.flv")
+        assert viewer.status == 200
+        await viewer.read_header()
+        for _ in range(20):
+            await viewer.next_tag()
+        await viewer.close()
+        refused = await HttpFlvReader.open(no_client_cert.http, "/live/tls.flv")
+        await refused.read_header()
+        with pytest.raises((EOFError, TimeoutError)):  # no frames: the origin refused it
+            for _ in range(5):
+                await refused.next_tag(5)
+        await refused.close()
+
+    asyncio.run(scenario())
+    assert relay_peers(origin, "live/tls") in (["e1"], [])
+
+
+def test_sigterm_drains_an_edge_before_it_exits(
+        node_factory: NodeFactory, redis_server: RedisServer,
+        publish: Callable[[Node, str], FfmpegPublisher]) -> None:
+    origin = cluster_node(node_factory, "origin", redis_server, "o1")
+    edge = cluster_node(node_factory, "edge", redis_server, "e1", "--drain-timeout", "20")
+    publish(origin, "live/drain")
+
+    async def scenario() -> None:
+        viewer = await HttpFlvReader.open(edge.http, "/live/drain.flv")
+        await viewer.read_header()
+        await viewer.next_tag()
+        os.kill(edge.pid, signal.SIGTERM)  # our own node, by pid
+        await asyncio.sleep(1.0)
+        with pytest.raises(urllib.error.HTTPError) as ready:
+            await asyncio.to_thread(api, edge, "/readyz")
+        assert ready.value.code == 503
+        assert "draining" in redis_server.command("HGET", "arcly:node:e1", "state")
+        newcomer = await HttpFlvReader.open(edge.http, "/live/drain.flv")
+        assert newcomer.status == 503, "no new viewers while draining"
+        await newcomer.close()
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:  # the existing viewer carries on
+            await viewer.next_tag(5)
+        assert edge.proc.poll() is None
+        await viewer.close()
+
+    asyncio.run(scenario())
+    assert edge.proc.wait(15) == 0, "exits once its last viewer left"
+    assert "drain finished" in edge.log_text()

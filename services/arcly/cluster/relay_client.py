@@ -45,8 +45,15 @@ class RelayUpstream:
     def channel(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
         if channel is None:
-            channel = grpc.aio.insecure_channel(address, options=grpc_options(
-                self.settings.relay))
+            relay = self.settings.relay
+            if relay.tls:
+                credentials = grpc.ssl_channel_credentials(
+                    root_certificates=relay.tls_ca, private_key=relay.tls_key,
+                    certificate_chain=relay.tls_cert)
+                channel = grpc.aio.secure_channel(address, credentials,
+                                                  options=grpc_options(relay))
+            else:
+                channel = grpc.aio.insecure_channel(address, options=grpc_options(relay))
             self._channels[address] = channel
         return channel
 

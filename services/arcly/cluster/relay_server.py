@@ -36,8 +36,19 @@ MAX_MESSAGE = 32 * 1024 * 1024
 
 @dataclass(frozen=True, slots=True)
 class RelaySettings:
+    """Relay security and transport. ``token`` travels as bearer metadata on every call.
+    With ``tls_cert``/``tls_key`` the origin serves TLS; with ``tls_ca`` too it requires client
+    certificates signed by that CA (mTLS), and edges verify the origin against it (PEM bytes)."""
+
     token: str = ""
     keepalive_seconds: float = 20.0
+    tls_cert: bytes | None = None
+    tls_key: bytes | None = None
+    tls_ca: bytes | None = None
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_ca is not None or self.tls_cert is not None
 
 
 def grpc_options(settings: RelaySettings) -> list[tuple[str, Any]]:
@@ -96,10 +107,19 @@ class RelayServer:
                 self._subscribe, request_deserializer=pb.SubscribeRequest.FromString,
                 response_serializer=_identity)})
         server.add_generic_rpc_handlers((handler,))
-        port = server.add_insecure_port(f"{self.host}:{self.port}")
+        address = f"{self.host}:{self.port}"
+        settings = self.settings
+        if settings.tls_cert and settings.tls_key:
+            credentials = grpc.ssl_server_credentials(
+                [(settings.tls_key, settings.tls_cert)], root_certificates=settings.tls_ca,
+                require_client_auth=settings.tls_ca is not None)
+            port = server.add_secure_port(address, credentials)
+        else:
+            port = server.add_insecure_port(address)
         self.addresses = [(self.host, port)]
         await server.start()
-        log.info("listening protocol=relay address=%s:%d", self.host, port)
+        log.info("listening protocol=relay address=%s:%d tls=%s mtls=%s", self.host, port,
+                 bool(settings.tls_cert), bool(settings.tls_cert and settings.tls_ca))
         if self.on_bound is not None:
             self.on_bound(self.host, port)
         try:

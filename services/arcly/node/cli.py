@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(config.log_level, as_json=config.log_json)
     try:
         _run(run_node(commands[args.command][0], config))
-    except (OSError, ArclyError) as exc:
+    except (OSError, ValueError, ArclyError) as exc:
         logging.getLogger("arcly.node").error("node failed error=%s", exc)
         return 1
     except KeyboardInterrupt:

@@ -63,6 +63,9 @@ class NodeConfig:
     drain_timeout: float = 30.0
     edge_linger: float = 5.0
     reconnect_window: float = 20.0
+    relay_tls_cert: str | None = None
+    relay_tls_key: str | None = None
+    relay_tls_ca: str | None = None
 
 
 def _positive_float_or_off(text: str) -> float | None:
@@ -138,6 +141,11 @@ _OPTIONS: list[tuple[str, object, str]] = [
      "edge: seconds an upstream stays open after its last viewer left"),
     ("--reconnect-window", _positive_float,
      "edge: seconds to wait for a stream's new owner when its origin is lost"),
+    ("--relay-tls-cert", str, "origin: serve the relay over TLS with this PEM certificate; "
+     "edge: client certificate for mTLS"),
+    ("--relay-tls-key", str, "the PEM private key of --relay-tls-cert"),
+    ("--relay-tls-ca", str, "origin: require client certificates from this CA (mTLS); "
+     "edge: verify origins against this CA (turns TLS on)"),
 ]
 
 

@@ -78,6 +78,22 @@ def _advertise(config: NodeConfig, port: int) -> str:
     return f"{host}:{port}"
 
 
+def _relay_settings(config: NodeConfig) -> RelaySettings:
+    def read(path: str | None) -> bytes | None:
+        if not path:
+            return None
+        try:
+            with open(path, "rb") as handle:
+                return handle.read()
+        except OSError as exc:
+            raise ValueError(f"cannot read relay TLS file {path}: {exc}") from exc
+
+    if bool(config.relay_tls_cert) != bool(config.relay_tls_key):
+        raise ValueError("--relay-tls-cert and --relay-tls-key go together")
+    return RelaySettings(token=config.relay_token, tls_cert=read(config.relay_tls_cert),
+                         tls_key=read(config.relay_tls_key), tls_ca=read(config.relay_tls_ca))
+
+
 def _is_loopback(host: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
@@ -124,7 +140,7 @@ async def run_node(role: str, config: NodeConfig, shutdown: ShutdownToken | None
             RegistrySettings(url=config.redis_url, prefix=config.redis_prefix,
                              lease=config.ownership_lease),
             node_id=identity["id"], role=role)
-        relay = RelaySettings(token=config.relay_token)
+        relay = _relay_settings(config)
         if role == "origin":
             engine = engine or build_engine(config, ownership=registry)
 
