@@ -220,6 +220,12 @@ def test_redis_outage_does_not_cut_live_streams_and_nodes_reregister(
         await viewer.read_header()
         await viewer.next_tag()
         redis_server.stop()
+        # While Redis is away a new key cannot be claimed: refused, with the reason.
+        newcomer = await RtmpClient.connect("127.0.0.1", origin.rtmp, "live")
+        refusal = await newcomer.publish("during-outage")
+        await newcomer.close()
+        assert refusal.code == "NetStream.Publish.Failed"
+        assert "registry unavailable" in refusal.description
         longest = 0.0
         last = time.monotonic()
         deadline = last + 5
@@ -245,6 +251,8 @@ def test_redis_outage_does_not_cut_live_streams_and_nodes_reregister(
         time.sleep(0.3)
     assert "o1" in nodes and "e1" in nodes, "node records reappear"
     assert "o1|" in owner, "the origin holds its key again"
+    record = redis_server.command("HGETALL", "arcly:stream:live/outage")
+    assert "last_frame_at" in record and "relay" in record
     assert "registry unreachable" in origin.log_text()
 
 

@@ -112,6 +112,8 @@ class RedisRegistry:
         self._held: dict[StreamKey, int] = {}
         self.on_lost: Callable[[StreamKey, str], None] | None = None
         self.counts: Callable[[], dict[str, int]] = dict
+        # Wall-clock time of a held key's last frame, for its stream record.
+        self.last_frame: Callable[[StreamKey], float | None] = lambda key: None
         self._available = True
 
     # -- key names ---------------------------------------------------------------------------
@@ -193,6 +195,13 @@ class RedisRegistry:
                 self._mark(False, exc)
                 return
             self._mark(True)
+            last = self.last_frame(key) if ok else None
+            if last is not None:
+                try:
+                    await self.redis.hset(self.stream_key(key), "last_frame_at", last)
+                except RedisError as exc:
+                    self._mark(False, exc)
+                    return
             if not ok:
                 self._held.pop(key, None)
                 log.warning("ownership lost stream=%s token=%d", key, token)

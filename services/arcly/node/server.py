@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from collections.abc import Sequence
 
 from arcly.cluster.registry import RedisRegistry, RegistrySettings
@@ -209,8 +210,15 @@ def _watch_registry(registry: RedisRegistry, engine: Engine) -> None:
         streams = engine.streams()
         return {"streams": len(streams), "viewers": sum(len(s.subscribers) for s in streams)}
 
+    def last_frame(key: StreamKey) -> float | None:
+        stream = engine.stream(key)
+        if stream is None:
+            return None
+        return time.time() - (engine.clock() - stream.last_frame_at)
+
     registry.on_lost = lost
     registry.counts = counts
+    registry.last_frame = last_frame
 
 
 async def _serve_draining(engine: Engine, handlers: Sequence[ProtocolHandler],
