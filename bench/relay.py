@@ -24,13 +24,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from arcly.media import flv
 from tests import tools
 from tests.support.flv_reader import HttpFlvReader
 from tests.support.media import load_tags
 from tests.support.processes import Node, RedisServer
 from tests.support.rtmp_client import RtmpClient
-
-from arcly.media import flv
 
 TOKEN = "bench-token"
 

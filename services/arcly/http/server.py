@@ -39,6 +39,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("arcly.http")
 
+# The probe endpoints every node serves (the Helm chart's probes must use these).
+LIVENESS_PATH = "/healthz"
+READINESS_PATH = "/readyz"
+
 _REASONS = {200: "OK", 204: "No Content", 400: "Bad Request", 403: "Forbidden",
             404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
             431: "Request Header Fields Too Large", 503: "Service Unavailable"}
@@ -149,9 +153,9 @@ class HttpServer:
             self._respond(writer, 405, "method not allowed\n", extra={"Allow": "GET, HEAD"})
             return
         head_only = request.method == "HEAD"
-        if request.path in ("/healthz", "/readyz"):
+        if request.path in (LIVENESS_PATH, READINESS_PATH):
             # Liveness: the process serves. Readiness: it also takes new sessions.
-            draining = request.path == "/readyz" and self.admission.draining
+            draining = request.path == READINESS_PATH and self.admission.draining
             ready = not self._stopping and not draining
             state = "ok" if ready else "stopping" if self._stopping else "draining"
             self._respond(writer, 200 if ready else 503, json.dumps({"status": state}) + "\n",

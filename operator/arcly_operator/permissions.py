@@ -1,0 +1,17 @@
+"""Every Kubernetes API permission the operator uses — the chart's RBAC must grant exactly these
+(tests/integration/test_chart.py compares them with the rendered Role and ClusterRole)."""
+
+from __future__ import annotations
+
+# (apiGroup, resource) -> verbs, in the operator's namespace.
+NAMESPACED: dict[tuple[str, str], frozenset[str]] = {
+    ("", "pods"): frozenset({"get", "list", "watch", "patch"}),  # lifecycle + deletion cost
+    ("", "events"): frozenset({"create"}),  # kopf posts what it did on the objects
+    ("arcly.io", "arclyclusters"): frozenset({"get", "list", "watch", "patch"}),
+    ("arcly.io", "arclyclusters/status"): frozenset({"get", "patch"}),
+    ("kopf.dev", "kopfpeerings"): frozenset({"get", "list", "watch", "patch"}),  # peering
+}
+# Cluster-scoped: kopf discovers served resources by watching CRDs.
+CLUSTER: dict[tuple[str, str], frozenset[str]] = {
+    ("apiextensions.k8s.io", "customresourcedefinitions"): frozenset({"list", "watch"}),
+}
