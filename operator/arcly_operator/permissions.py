@@ -11,7 +11,9 @@ NAMESPACED: dict[tuple[str, str], frozenset[str]] = {
     ("arcly.io", "arclyclusters/status"): frozenset({"get", "patch"}),
     ("kopf.dev", "kopfpeerings"): frozenset({"get", "list", "watch", "patch"}),  # peering
 }
-# Cluster-scoped: kopf discovers served resources by watching CRDs.
+# Cluster-scoped: kopf discovers served resources by watching CRDs, and lists namespaces to
+# find the ones it serves.
 CLUSTER: dict[tuple[str, str], frozenset[str]] = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): frozenset({"list", "watch"}),
+    ("", "namespaces"): frozenset({"list", "watch"}),
 }

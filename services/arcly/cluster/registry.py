@@ -185,10 +185,12 @@ class RedisRegistry:
                 ok = await self._renew(keys=[self.owner_key(key), self.stream_key(key)],
                                        args=[f"{self.node_id}|{token}", self._lease_ms()])
                 if not ok:
-                    # Lapsed while Redis was away: retake it if nobody else did.
+                    # Lapsed while Redis was away: retake it if nobody else claimed it and
+                    # nobody released it on purpose (both move the fence past our token).
+                    fence = await self.redis.get(self.fence_key(key))
                     value = f"{self.node_id}|{token}"
-                    ok = bool(await self.redis.set(self.owner_key(key), value, nx=True,
-                                                   px=self._lease_ms()))
+                    ok = (fence is None or int(fence) <= token) and bool(await self.redis.set(
+                        self.owner_key(key), value, nx=True, px=self._lease_ms()))
                     if ok:
                         await self._write_stream(key, token, started=False)
             except RedisError as exc:
@@ -223,11 +225,78 @@ class RedisRegistry:
         return Owner(node_id, int(token), str(record.get("relay", "")))
 
     async def force_release(self, key: StreamKey, reason: str) -> bool:
-        """Release ``key`` whoever holds it (the operator does this for dead origins)."""
-        deleted = await self.redis.delete(self.owner_key(key), self.stream_key(key))
+        """Release ``key`` whoever holds it (the operator does this for dead origins and
+        idle streams). The fence moves on, so the old owner cannot quietly retake the key: its
+        next renewal reports "ownership lost" and it ends the publish."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self.owner_key(key), self.stream_key(key))
+            pipe.incr(self.fence_key(key))
+            deleted, _ = await pipe.execute()
         if deleted:
             await self.publish_event("released", key, reason=reason)
         return bool(deleted)
+
+    # -- cluster-wide views (the operator) ------------------------------------------------------
+
+    async def owners(self) -> dict[StreamKey, Owner]:
+        """Every owned key and its owner."""
+        prefix = f"{self.settings.prefix}owner:"
+        names = [name async for name in self.redis.scan_iter(match=f"{prefix}*", count=500)]
+        values = await self.redis.mget(names) if names else []
+        found: dict[StreamKey, Owner] = {}
+        for name, value in zip(names, values, strict=True):
+            if not value or "|" not in str(value):
+                continue
+            try:
+                key = StreamKey.parse(str(name)[len(prefix):])
+            except ArclyError:
+                continue
+            node, _, token = str(value).rpartition("|")
+            found[key] = Owner(node, int(token), "")
+        return found
+
+    async def stream_records(self, keys: list[StreamKey]) -> dict[StreamKey, dict[str, str]]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hgetall(self.stream_key(key))
+            records = await pipe.execute()
+        return {key: {str(k): str(v) for k, v in record.items()}
+                for key, record in zip(keys, records, strict=True)}
+
+    async def nodes(self) -> dict[str, dict[str, str]]:
+        """Records of live nodes (their heartbeat has not lapsed); forgets the lapsed ones."""
+        ids = sorted(str(i) for i in await self.redis.smembers(f"{self.settings.prefix}nodes"))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for node_id in ids:
+                pipe.hgetall(self.node_key(node_id))
+            records = await pipe.execute()
+        alive: dict[str, dict[str, str]] = {}
+        for node_id, record in zip(ids, records, strict=True):
+            if record and "heartbeat" in record:
+                alive[node_id] = {str(k): str(v) for k, v in record.items()}
+            elif not record:
+                await self.redis.srem(f"{self.settings.prefix}nodes", node_id)
+        return alive
+
+    async def set_node_state(self, node_id: str, role: str, state: str) -> None:
+        """The operator's word on a node, from its Pod: ready or draining."""
+        name = self.node_key(node_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(name, mapping={"state": state, "role": role})
+            pipe.pexpire(name, int(self.settings.heartbeat * 3000))
+            await pipe.execute()
+        if state == "draining":
+            await self.publish_event("node-draining", None, target=node_id)
+
+    async def remove_node(self, node_id: str) -> list[StreamKey]:
+        """A node is gone: forget it and release every key it held. Returns those keys."""
+        released = [key for key, owner in (await self.owners()).items()
+                    if owner.node_id == node_id]
+        for key in released:
+            await self.force_release(key, f"owner {node_id} is gone")
+        await self.redis.delete(self.node_key(node_id))
+        await self.redis.srem(f"{self.settings.prefix}nodes", node_id)
+        return released
 
     async def _write_stream(self, key: StreamKey, token: int, *, started: bool) -> None:
         now = time.time()
@@ -246,12 +315,17 @@ class RedisRegistry:
 
     async def heartbeat(self) -> None:
         record: dict[str, str | int | float] = {
-            "role": self.role, "relay": self.relay_address, "state": self.state,
-            "heartbeat": time.time()}
+            "role": self.role, "relay": self.relay_address, "heartbeat": time.time()}
         record.update(self.counts())
         name = self.node_key(self.node_id)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(name, mapping=record)  # type: ignore[arg-type]
+            # The state is the node's own ("draining" on SIGTERM) or the operator's (from the
+            # Pod's readiness): a heartbeat only fills it in when nobody has.
+            if self.state == "draining":
+                pipe.hset(name, "state", "draining")
+            else:
+                pipe.hsetnx(name, "state", self.state)
             pipe.pexpire(name, int(self.settings.heartbeat * 3000))
             pipe.sadd(f"{self.settings.prefix}nodes", self.node_id)
             await pipe.execute()

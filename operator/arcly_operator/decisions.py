@@ -1,0 +1,80 @@
+"""What the operator decides, as pure functions over plain data (easy to test, no I/O)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from arcly.engine import StreamKey
+
+COMPONENT = "app.kubernetes.io/component"
+DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
+NODE_ROLES = ("origin", "edge")
+
+
+def pod_role(pod: Mapping[str, Any]) -> str | None:
+    """``origin`` or ``edge`` for arcly node Pods, None for anything else."""
+    role = (pod.get("metadata", {}).get("labels") or {}).get(COMPONENT)
+    return role if role in NODE_ROLES else None
+
+
+def node_state(pod: Mapping[str, Any], *, deleted: bool = False) -> str:
+    """``gone`` once deleted; ``draining`` while being deleted or not Ready; else ``ready``."""
+    if deleted:
+        return "gone"
+    if pod.get("metadata", {}).get("deletionTimestamp"):
+        return "draining"
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    return "ready" if ready else "draining"
+
+
+def deletion_cost(viewers: int) -> str:
+    """The Pod deletion cost for an edge with ``viewers``: the ReplicaSet controller removes
+    the lowest cost first, so idle edges go before busy ones. Log-scaled and capped so small
+    changes in viewers do not patch the Pod every few seconds."""
+    if viewers <= 0:
+        return "0"
+    return str(min(1_000_000, int(10 * math.log2(1 + viewers))))
+
+
+@dataclass(frozen=True, slots=True)
+class Victim:
+    key: StreamKey
+    reason: str
+
+
+def streams_to_reap(owners: Mapping[StreamKey, str], records: Mapping[StreamKey, Mapping[str, str]],
+                    alive: set[str], *, now: float, idle_timeout: float) -> list[Victim]:
+    """Keys whose owner is gone (orphaned) or whose last frame is older than ``idle_timeout``."""
+    victims = []
+    for key, owner in sorted(owners.items(), key=lambda item: str(item[0])):
+        if owner not in alive:
+            victims.append(Victim(key, f"orphaned: owner {owner} is gone"))
+            continue
+        last = records.get(key, {}).get("last_frame_at")
+        if last is not None and now - float(last) > idle_timeout:
+            victims.append(Victim(key, f"idle for more than {idle_timeout:g} s"))
+    return victims
+
+
+def cluster_status(nodes: Mapping[str, Mapping[str, str]], live_streams: int,
+                   last_reap: str | None, reaped: int) -> dict[str, Any]:
+    """The ``ArclyCluster`` status block (what ``kubectl get arclyclusters`` shows)."""
+    def count(role: str) -> int:
+        return sum(1 for n in nodes.values() if n.get("role") == role
+                   and n.get("state", "ready") == "ready")
+
+    status: dict[str, Any] = {
+        "readyOrigins": count("origin"),
+        "readyEdges": count("edge"),
+        "liveStreams": live_streams,
+        "viewers": sum(int(float(n.get("viewers", 0))) for n in nodes.values()
+                       if n.get("role") == "edge"),
+        "reapedTotal": reaped,
+    }
+    if last_reap:
+        status["lastReap"] = last_reap
+    return status
