@@ -72,7 +72,9 @@ async def pod_event(event: dict[str, Any], body: kopf.Body, patch: kopf.Patch, m
         tel.transitions.add(1, {"state": "gone", "role": role})
         if released:
             tel.releases.add(len(released), {"reason": "owner gone"})
-            logger.info(f"node {name} is gone; released {', '.join(map(str, released))}")
+            message = f"node {name} is gone; released {', '.join(map(str, released))}"
+            logger.info(message)
+            kopf.event(body, type="Normal", reason="StreamKeysReleased", message=message)
         return
     with tel.action("register" if state == "ready" else "drain", node=name, role=role):
         await registry.set_node_state(name, role, state)

@@ -149,6 +149,11 @@ async def test_operator_manages_node_lifecycle_releases_reaps_and_reports(
             return await raw.get(node.owner_key(kept)) is None
         await eventually(released)
         assert not await raw.exists(node.node_key("demo-origin-0"))
+
+        async def released_event() -> bool:
+            return any(obj.get("reason") == "StreamKeysReleased" and "live/cam" in obj.get(
+                "message", "") for obj in kmock.objects.values())
+        await eventually(released_event)
         # The old owner cannot quietly retake a released key: its next renewal says so.
         lost: list[StreamKey] = []
         node.on_lost = lambda key, why: lost.append(key)
