@@ -1,6 +1,10 @@
-"""Auth providers. The single-node default allows everything; stricter ones plug into the
-kernel's ``AuthProvider`` extension point."""
+"""Auth providers for the kernel's ``AuthProvider`` extension point: allow-all (the laptop
+default), static keys, HMAC-signed expiring tokens, HTTP webhooks — configured per app."""
 
 from arcly.engine import AllowAll
 
-__all__ = ["AllowAll"]
+from .config import AuthConfigError, PerApp, load_auth
+from .providers import SignedTokens, StaticKeys, Webhooks
+
+__all__ = ["AllowAll", "AuthConfigError", "PerApp", "SignedTokens", "StaticKeys", "Webhooks",
+           "load_auth"]

@@ -13,6 +13,7 @@ from .config import EngineConfig
 from .errors import ArclyError, HandlerCrashed, StreamBusy, StreamNotFound
 from .extension import (
     AllowAll,
+    AuthGrant,
     AuthProvider,
     AuthRequest,
     KeyOwnership,
@@ -69,8 +70,8 @@ class Engine:
 
     # -- publish registry -------------------------------------------------------------------
 
-    async def authorize(self, request: AuthRequest) -> None:
-        await self.auth.authorize(request)
+    async def authorize(self, request: AuthRequest) -> AuthGrant | None:
+        return await self.auth.authorize(request)
 
     async def start_publish(self, key: StreamKey, *, protocol: str = "",
                             peer: str = "") -> PublishHandle:

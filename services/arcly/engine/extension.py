@@ -37,11 +37,19 @@ class AuthRequest:
     query: Mapping[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class AuthGrant:
+    """What an auth provider allowed beyond "yes": ``takeover`` lets this publisher replace a
+    live publisher of the same key (never implied: hijack protection)."""
+
+    takeover: bool = False
+
+
 @runtime_checkable
 class PublishRegistry(Protocol):
     """What a protocol handler sees of the kernel: publish, subscribe, authorize."""
 
-    async def authorize(self, request: AuthRequest) -> None: ...
+    async def authorize(self, request: AuthRequest) -> AuthGrant | None: ...
 
     async def start_publish(self, key: StreamKey, *, protocol: str = "",
                             peer: str = "") -> PublishHandle: ...
@@ -107,9 +115,10 @@ class Observer(Protocol):
 
 @runtime_checkable
 class AuthProvider(Protocol):
-    """Decides whether a publish or play may start; raises ``AuthError`` to refuse."""
+    """Decides whether a publish or play may start; raises ``AuthError`` to refuse. May return
+    an ``AuthGrant`` with extra rights (e.g. takeover of a live key)."""
 
-    async def authorize(self, request: AuthRequest) -> None: ...
+    async def authorize(self, request: AuthRequest) -> AuthGrant | None: ...
 
 
 @runtime_checkable
@@ -158,9 +167,10 @@ class NullObserver:
 
 
 class AllowAll:
-    """The auth provider that allows everything (the single-node default)."""
+    """The auth provider that allows everything (the single-node default). Never grants
+    takeover: a live key stays with its publisher."""
 
-    async def authorize(self, request: AuthRequest) -> None:
+    async def authorize(self, request: AuthRequest) -> AuthGrant | None:
         return None
 
 

@@ -8,6 +8,7 @@ then live tags, until the stream ends (the response ends with it). One request p
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 from dataclasses import dataclass
@@ -28,7 +29,13 @@ from arcly.engine import (
 )
 from arcly.media import flv
 from arcly.protocols.egress import deliver, limit_send_buffer
-from arcly.protocols.listener import Admission, close_writer, peer_name, start_listener
+from arcly.protocols.listener import (
+    Admission,
+    close_writer,
+    peer_ip,
+    peer_name,
+    start_listener,
+)
 
 from .api import stream_detail, streams_document
 from .player import player_page, static_file
@@ -43,7 +50,8 @@ log = logging.getLogger("arcly.http")
 LIVENESS_PATH = "/healthz"
 READINESS_PATH = "/readyz"
 
-_REASONS = {200: "OK", 204: "No Content", 400: "Bad Request", 403: "Forbidden",
+_REASONS = {200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized",
+            403: "Forbidden",
             404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
             431: "Request Header Fields Too Large", 503: "Service Unavailable"}
 
@@ -63,8 +71,9 @@ class HttpServer:
 
     def __init__(self, host: str, port: int, settings: HttpSettings | None = None, *,
                  hls: HlsService | None = None, engine: Engine | None = None,
-                 admission: Admission | None = None, node: dict[str, str] | None = None
-                 ) -> None:
+                 admission: Admission | None = None, node: dict[str, str] | None = None,
+                 api_token: str = "") -> None:
+        self.api_token = api_token
         self.hls = hls
         self.engine = engine
         self.admission = admission or Admission()
@@ -80,6 +89,10 @@ class HttpServer:
 
     async def run(self, registry: PublishRegistry, shutdown: ShutdownToken) -> None:
         async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            ip = peer_ip(writer)
+            if not self.admission.open_connection(ip):
+                writer.transport.abort()
+                return
             task = asyncio.current_task()
             assert task is not None
             self._connections.add(task)
@@ -87,6 +100,7 @@ class HttpServer:
                 await self._handle(registry, reader, writer)
             finally:
                 self._connections.discard(task)
+                self.admission.close_connection(ip)
 
         server, self.addresses = await start_listener("http", self.host, self.port, on_client,
                                                       limit=MAX_HEAD)
@@ -149,6 +163,10 @@ class HttpServer:
             self._respond(writer, 204, extra={"Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",
                                               "Access-Control-Allow-Headers": "*"})
             return
+        parts = request.path.strip("/").split("/")
+        if parts[:2] == ["api", "v1"] and self.engine is not None:
+            await self._api(request, parts[2:], writer, peer)
+            return
         if request.method not in ("GET", "HEAD"):
             self._respond(writer, 405, "method not allowed\n", extra={"Allow": "GET, HEAD"})
             return
@@ -161,15 +179,20 @@ class HttpServer:
             self._respond(writer, 200 if ready else 503, json.dumps({"status": state}) + "\n",
                           "application/json", head_only)
             return
-        parts = request.path.strip("/").split("/")
-        if parts[:2] == ["api", "v1"] and self.engine is not None:
-            self._api(parts[2:], writer, head_only)
-            return
         if self.admission.draining and (request.path.endswith((".flv", ".m3u8"))):
             self._respond(writer, 503, "node is draining\n", head_only=head_only,
                           extra={"Retry-After": "1"})
             return
-        if len(parts) == 2 and parts[0] == "static":
+        if len(parts) == 2 and parts[1].endswith(".flv"):
+            await self._play_flv(registry, request, parts[0], parts[1][:-4], reader, writer,
+                                 peer, head_only)
+            return
+        if len(parts) == 3 and self.hls is not None and (
+                parts[2] == "index.m3u8" or parts[2].endswith(".ts")):
+            await self._hls(registry, request, parts, writer, peer, head_only)
+            return
+        # Pages and scripts come after the media routes, so apps may be named "play"/"static".
+        if len(parts) == 2 and parts[0] == "static" and parts[1].endswith(".js"):
             script = static_file(parts[1])
             if script is None:
                 self._respond(writer, 404, "not found\n", head_only=head_only)
@@ -187,23 +210,39 @@ class HttpServer:
             self._respond(writer, 200, player_page(key, kind=kind), "text/html; charset=utf-8",
                           head_only)
             return
-        if len(parts) == 2 and parts[1].endswith(".flv"):
-            await self._play_flv(registry, request, parts[0], parts[1][:-4], reader, writer,
-                                 peer, head_only)
-            return
-        if len(parts) == 3 and self.hls is not None and (
-                parts[2] == "index.m3u8" or parts[2].endswith(".ts")):
-            await self._hls(registry, request, parts, writer, peer, head_only)
-            return
         self._respond(writer, 404, "not found\n", head_only=head_only)
 
-    def _api(self, parts: list[str], writer: asyncio.StreamWriter, head_only: bool) -> None:
+    def _api_allowed(self, request: Request, peer: str) -> bool:
+        """With an API token, every API call needs ``Authorization: Bearer <token>``. Without
+        one, reading is open and changes are accepted from loopback only."""
+        if self.api_token:
+            offered = request.headers.get("authorization", "")
+            return hmac.compare_digest(offered.encode(), f"Bearer {self.api_token}".encode())
+        return request.method in ("GET", "HEAD") or peer.startswith(("127.", "[::1]", "::1"))
+
+    async def _api(self, request: Request, parts: list[str], writer: asyncio.StreamWriter,
+                   peer: str) -> None:
         assert self.engine is not None
+        head_only = request.method == "HEAD"
+        if not self._api_allowed(request, peer):
+            self._respond(writer, 401, json.dumps({"error": "unauthorized"}) + "\n",
+                          "application/json", head_only,
+                          {"WWW-Authenticate": 'Bearer realm="arcly"'})
+            return
+        if request.method == "DELETE" and len(parts) == 3 and parts[0] == "streams":
+            await self._kick(parts, writer, peer)
+            return
+        if request.method not in ("GET", "HEAD"):
+            self._respond(writer, 405, json.dumps({"error": "method not allowed"}) + "\n",
+                          "application/json", extra={"Allow": "GET, HEAD, DELETE"})
+            return
         document: dict[str, object] | None = None
         if parts == ["streams"]:
             document = streams_document(self.engine)
         elif parts == ["node"]:
             document = {**self.node, "draining": self.admission.draining,
+                        "connections": self.admission.connections,
+                        "limits_hit": dict(self.admission.refused),
                         "streams": len(self.engine.streams()),
                         "viewers": sum(len(s.subscribers) for s in self.engine.streams())}
         elif len(parts) == 3 and parts[0] == "streams":
@@ -218,6 +257,21 @@ class HttpServer:
                           "application/json", head_only)
             return
         self._respond(writer, 200, json.dumps(document) + "\n", "application/json", head_only)
+
+    async def _kick(self, parts: list[str], writer: asyncio.StreamWriter, peer: str) -> None:
+        """DELETE /api/v1/streams/{app}/{stream}: end the publish (the publisher is
+        disconnected, viewers get the end of the stream)."""
+        assert self.engine is not None
+        try:
+            key = StreamKey(parts[1], parts[2])
+        except InvalidStreamKey:
+            key = None
+        if key is None or not await self.engine.end_publish(key, f"kicked via API by {peer}"):
+            self._respond(writer, 404, json.dumps({"error": "not found"}) + "\n",
+                          "application/json")
+            return
+        log.info("stream kicked stream=%s by=%s", key, peer)
+        self._respond(writer, 200, json.dumps({"kicked": str(key)}) + "\n", "application/json")
 
     async def _hls(self, registry: PublishRegistry, request: Request, parts: list[str],
                    writer: asyncio.StreamWriter, peer: str, head_only: bool) -> None:
@@ -258,6 +312,12 @@ class HttpServer:
             await registry.authorize(AuthRequest(Action.PLAY, key, "http-flv", peer,
                                                  request.query))
             sub = await registry.subscribe(key, protocol="http-flv", peer=peer)
+            if len(sub.stream.subscribers) > self.admission.max_viewers_per_stream:
+                sub.close("refused: too many viewers")
+                self.admission.refuse("max_viewers_per_stream", f"peer={peer} stream={key}")
+                self._respond(writer, 503, "too many viewers on this stream\n",
+                              head_only=head_only, extra={"Retry-After": "5"})
+                return
         except (InvalidStreamKey, StreamNotFound) as exc:
             self._respond(writer, 404, f"{exc}\n", head_only=head_only)
             return

@@ -9,12 +9,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
+from urllib.parse import urlencode
 
 from arcly import __version__
-from arcly.engine import ArclyError
+from arcly.auth import tokens
+from arcly.engine import ArclyError, StreamKey
 
 from . import logs
 from .config import add_node_options, build_config
@@ -44,7 +47,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, (_, help_text) in commands.items():
         parsers[name] = sub.add_parser(name, help=help_text, description=help_text)
         add_node_options(parsers[name])
+    token = sub.add_parser("token", help="mint signed publish/play tokens")
+    token_sub = token.add_subparsers(dest="token_command", metavar="COMMAND", required=True)
+    signer = token_sub.add_parser("sign", help="print the query string that authorizes a "
+                                  "publish or play of app/stream until it expires")
+    signer.add_argument("--key", default=os.environ.get("ARCLY_TOKEN_SECRET"),
+                        help="the shared secret [env ARCLY_TOKEN_SECRET]")
+    signer.add_argument("--app", required=True)
+    signer.add_argument("--stream", required=True)
+    signer.add_argument("--ttl", type=float, default=3600, help="seconds [3600]")
+    signer.add_argument("--action", choices=("publish", "play"), default="publish")
     args = parser.parse_args(argv)
+    if args.command == "token":
+        return _sign(signer, args)
     if args.command not in commands:
         parser.print_help()
         return 2
@@ -57,6 +72,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         pass
+    return 0
+
+
+def _sign(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if not args.key:
+        parser.error("--key (or ARCLY_TOKEN_SECRET) is required")
+    try:
+        StreamKey(args.app, args.stream)
+    except ArclyError as exc:
+        parser.error(str(exc))
+    query = tokens.sign(args.key, args.action, args.app, args.stream, ttl=args.ttl)
+    print(urlencode(query))
     return 0
 
 

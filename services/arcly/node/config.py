@@ -66,6 +66,14 @@ class NodeConfig:
     relay_tls_cert: str | None = None
     relay_tls_key: str | None = None
     relay_tls_ca: str | None = None
+    auth_config: str | None = None
+    api_token: str = ""
+    max_connections: int = 10_000
+    max_connections_per_ip: int = 256
+    max_publishers: int = 1_000
+    max_viewers_per_stream: int = 10_000
+    handshake_timeout: float = 10.0
+    command_timeout: float = 10.0
 
 
 def _positive_float_or_off(text: str) -> float | None:
@@ -146,6 +154,15 @@ _OPTIONS: list[tuple[str, object, str]] = [
     ("--relay-tls-key", str, "the PEM private key of --relay-tls-cert"),
     ("--relay-tls-ca", str, "origin: require client certificates from this CA (mTLS); "
      "edge: verify origins against this CA (turns TLS on)"),
+    ("--auth-config", str, "per-app auth providers (TOML; see README 'Security')"),
+    ("--api-token", str, "bearer token for the management API (use the env var)"),
+    ("--max-connections", _positive_int, "open RTMP + HTTP connections, in total"),
+    ("--max-connections-per-ip", _positive_int, "open connections from one client IP"),
+    ("--max-publishers", _positive_int, "live publishers on this node"),
+    ("--max-viewers-per-stream", _positive_int, "viewers of one stream on this node"),
+    ("--handshake-timeout", _positive_float, "seconds an RTMP client has for its handshake"),
+    ("--command-timeout", _positive_float,
+     "seconds an RTMP client has from connecting to publish/play"),
 ]
 
 

@@ -22,6 +22,7 @@ import socket
 import time
 from collections.abc import Sequence
 
+from arcly.auth import PerApp, load_auth
 from arcly.cluster.registry import RedisRegistry, RegistrySettings
 from arcly.cluster.relay_client import EdgeSettings, RelayUpstream
 from arcly.cluster.relay_server import RelayServer, RelaySettings
@@ -104,7 +105,9 @@ def _listeners(config: NodeConfig, engine: Engine, admission: Admission,
     """RTMP, HLS, HTTP (and the recorder): what every role serves to clients."""
     handlers: list[ProtocolHandler] = [RtmpServer(
         config.rtmp_listen.host, config.rtmp_listen.port,
-        RtmpSettings(chunk_size=config.chunk_size, max_message_size=config.max_message_size),
+        RtmpSettings(chunk_size=config.chunk_size, max_message_size=config.max_message_size,
+                     handshake_timeout=config.handshake_timeout,
+                     command_timeout=config.command_timeout),
         admission=admission)]
     hls = None
     if config.hls:
@@ -119,7 +122,8 @@ def _listeners(config: NodeConfig, engine: Engine, admission: Admission,
         engine.observer = CompositeObserver([engine.observer, recorder])
         handlers.append(recorder)
     handlers.append(HttpServer(config.http_listen.host, config.http_listen.port, hls=hls,
-                               engine=engine, admission=admission, node=identity))
+                               engine=engine, admission=admission, node=identity,
+                               api_token=config.api_token))
     return handlers
 
 
@@ -133,7 +137,12 @@ async def run_node(role: str, config: NodeConfig, shutdown: ShutdownToken | None
     registry: RedisRegistry | None = None
     upstream: RelayUpstream | None = None
     extra: list[ProtocolHandler] = []
-    admission = Admission(allow_publish=role != "edge")
+    admission = Admission(allow_publish=role != "edge",
+                          max_connections=config.max_connections,
+                          max_connections_per_ip=config.max_connections_per_ip,
+                          max_publishers=config.max_publishers,
+                          max_viewers_per_stream=config.max_viewers_per_stream)
+    auth = load_auth(config.auth_config, node=identity["id"]) if config.auth_config else None
     if role != "single":
         if not config.relay_token:
             log.warning("RELAY AUTH IS OFF: set ARCLY_RELAY_TOKEN on every origin and edge")
@@ -143,7 +152,7 @@ async def run_node(role: str, config: NodeConfig, shutdown: ShutdownToken | None
             node_id=identity["id"], role=role)
         relay = _relay_settings(config)
         if role == "origin":
-            engine = engine or build_engine(config, ownership=registry)
+            engine = engine or build_engine(config, auth=auth, ownership=registry)
 
             def bound(host: str, port: int) -> None:
                 assert registry is not None
@@ -155,11 +164,16 @@ async def run_node(role: str, config: NodeConfig, shutdown: ShutdownToken | None
         else:
             upstream = RelayUpstream(registry, identity["id"], EdgeSettings(
                 relay=relay, reconnect_window=config.reconnect_window))
-            engine = engine or build_engine(config, upstream=upstream)
+            engine = engine or build_engine(config, auth=auth, upstream=upstream)
         _watch_registry(registry, engine)
-    engine = engine or build_engine(config)
+    engine = engine or build_engine(config, auth=auth)
+    if auth is not None:
+        for hooks in auth.webhooks:  # on_publish_done / on_play_done
+            engine.observer = CompositeObserver([engine.observer, hooks])
     handlers = _listeners(config, engine, admission, identity) + extra
-    if isinstance(engine.auth, AllowAll) and not all(
+    unprotected = isinstance(engine.auth, AllowAll) or (
+        isinstance(engine.auth, PerApp) and engine.auth.open)
+    if unprotected and not all(
             _is_loopback(a.host) for a in (config.rtmp_listen, config.http_listen)):
         log.warning("AUTH IS OFF: anyone who can reach this node may publish and play "
                     "(allow-all auth on a non-loopback address)")
@@ -184,6 +198,9 @@ async def run_node(role: str, config: NodeConfig, shutdown: ShutdownToken | None
         await asyncio.gather(*pending, return_exceptions=True)
         if upstream is not None:
             await upstream.close()
+        if auth is not None:
+            for hooks in auth.webhooks:
+                await hooks.close()
         if registry is not None:
             await registry.deregister()
             await registry.close()

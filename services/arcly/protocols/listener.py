@@ -5,19 +5,63 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 log = logging.getLogger("arcly.listener")
 
 class Admission:
-    """Whether a listener takes new sessions: edges take no publishers, and a draining node
-    takes nothing new while its existing sessions finish."""
+    """Whether listeners take new connections and sessions — one object shared by a node's
+    listeners. Edges take no publishers; a draining node takes nothing new; connection,
+    publisher and per-stream viewer caps keep a node alive under abuse. Every refusal is
+    counted in ``refused`` (by limit) and logged at most once a second per limit."""
 
-    __slots__ = ("allow_publish", "draining")
+    __slots__ = ("_last_log", "_per_ip", "allow_publish", "connections", "draining",
+                 "max_connections", "max_connections_per_ip", "max_publishers",
+                 "max_viewers_per_stream", "refused")
 
-    def __init__(self, *, allow_publish: bool = True) -> None:
+    def __init__(self, *, allow_publish: bool = True, max_connections: int = 10_000,
+                 max_connections_per_ip: int = 256, max_publishers: int = 1_000,
+                 max_viewers_per_stream: int = 10_000) -> None:
         self.allow_publish = allow_publish
         self.draining = False
+        self.max_connections = max_connections
+        self.max_connections_per_ip = max_connections_per_ip
+        self.max_publishers = max_publishers
+        self.max_viewers_per_stream = max_viewers_per_stream
+        self.connections = 0
+        self._per_ip: dict[str, int] = {}
+        self.refused: dict[str, int] = {}
+        self._last_log: dict[str, float] = {}
+
+    def refuse(self, limit: str, detail: str) -> None:
+        self.refused[limit] = self.refused.get(limit, 0) + 1
+        now = time.monotonic()
+        if now - self._last_log.get(limit, 0.0) >= 1.0:
+            self._last_log[limit] = now
+            log.warning("limit hit limit=%s %s refused_total=%d", limit, detail,
+                        self.refused[limit])
+
+    def open_connection(self, ip: str) -> bool:
+        """Count a new connection from ``ip``; False (and counted) when over a limit."""
+        if self.connections >= self.max_connections:
+            self.refuse("max_connections", f"peer={ip} connections={self.connections}")
+            return False
+        per_ip = self._per_ip.get(ip, 0)
+        if per_ip >= self.max_connections_per_ip:
+            self.refuse("max_connections_per_ip", f"peer={ip} connections={per_ip}")
+            return False
+        self.connections += 1
+        self._per_ip[ip] = per_ip + 1
+        return True
+
+    def close_connection(self, ip: str) -> None:
+        self.connections -= 1
+        left = self._per_ip.get(ip, 1) - 1
+        if left > 0:
+            self._per_ip[ip] = left
+        else:
+            self._per_ip.pop(ip, None)
 
 
 ClientHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -47,3 +91,8 @@ async def close_writer(writer: asyncio.StreamWriter, grace: float = 2.0) -> None
 def peer_name(writer: asyncio.StreamWriter) -> str:
     peer = writer.get_extra_info("peername")
     return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+
+
+def peer_ip(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    return str(peer[0]) if isinstance(peer, tuple) else str(peer)

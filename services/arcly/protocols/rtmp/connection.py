@@ -71,6 +71,7 @@ class RtmpConnection:
         self.fms_version = fms_version
         self.decoder = ChunkDecoder(max_message_size=max_message_size)
         self.app = ""
+        self.app_query = ""
         self.tc_url = ""
         self.peer_window = 0
         self.received = 0
@@ -280,9 +281,13 @@ class RtmpConnection:
         app = params.get("app")
         if not isinstance(app, str) or not app.strip("/"):
             raise ProtocolError("RTMP: connect without an app name")
-        self.app = app.strip("/").split("?", 1)[0]
+        self.app, _, self.app_query = app.strip("/").partition("?")
+        if not self.app:
+            raise ProtocolError("RTMP: connect without an app name")
         tc_url = params.get("tcUrl")
         self.tc_url = tc_url if isinstance(tc_url, str) else ""
+        if not self.app_query and "?" in self.tc_url:
+            self.app_query = self.tc_url.partition("?")[2]
         self._control(chunk.WINDOW_ACK_SIZE, struct.pack(">I", WINDOW_ACK_SIZE))
         self._control(chunk.SET_PEER_BANDWIDTH, struct.pack(">IB", WINDOW_ACK_SIZE, 2))
         self._control(chunk.SET_CHUNK_SIZE, struct.pack(">I", self.out_chunk_size))

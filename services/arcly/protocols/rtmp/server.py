@@ -16,6 +16,7 @@ from arcly.engine import (
     Action,
     ArclyError,
     AuthError,
+    AuthGrant,
     AuthRequest,
     Frame,
     InvalidStreamKey,
@@ -30,7 +31,13 @@ from arcly.engine import (
 )
 from arcly.media.flv import make_frame
 from arcly.protocols.egress import deliver, limit_send_buffer
-from arcly.protocols.listener import Admission, close_writer, peer_name, start_listener
+from arcly.protocols.listener import (
+    Admission,
+    close_writer,
+    peer_ip,
+    peer_name,
+    start_listener,
+)
 
 from .connection import RtmpConnection, State, media_chunks
 from .events import (
@@ -52,7 +59,7 @@ class RtmpSettings:
     chunk_size: int = 4096
     max_message_size: int = 8 * 1024 * 1024
     handshake_timeout: float = 10.0
-    command_timeout: float = 15.0
+    command_timeout: float = 10.0
     publish_idle_timeout: float = 30.0
     write_buffer_high: int = 512 * 1024
     stall_timeout: float = 10.0
@@ -68,6 +75,7 @@ class RtmpServer:
     def __init__(self, host: str, port: int, settings: RtmpSettings | None = None, *,
                  admission: Admission | None = None) -> None:
         self.admission = admission or Admission()
+        self.publishers = 0
         self.host = host
         self.port = port
         self.settings = settings or RtmpSettings()
@@ -77,12 +85,17 @@ class RtmpServer:
 
     async def run(self, registry: PublishRegistry, shutdown: ShutdownToken) -> None:
         async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            ip = peer_ip(writer)
+            if not self.admission.open_connection(ip):
+                writer.transport.abort()
+                return
             session = _Session(self, registry, reader, writer)
             self._sessions.add(session)
             try:
                 await session.run()
             finally:
                 self._sessions.discard(session)
+                self.admission.close_connection(ip)
 
         server, self.addresses = await start_listener("rtmp", self.host, self.port, on_client,
                                                       limit=self.settings.read_size)
@@ -187,12 +200,17 @@ class _Session:
                 log.debug("rtmp handshake peer=%s style=%s", self.peer,
                           "digest" if event.digest else "simple")
 
-    async def _admit(self, action: Action, name: str, query: str) -> StreamKey:
-        """Validate the key and ask the auth provider; raises InvalidStreamKey or AuthError."""
+    async def _admit(self, action: Action, name: str,
+                     query: str) -> tuple[StreamKey, AuthGrant | None]:
+        """Validate the key and ask the auth provider; raises InvalidStreamKey or AuthError.
+        Credentials may ride on the connect URL (``rtmp://host/app?key=…``) or on the stream
+        name (``cam1?token=…``, what OBS's "stream key" field sends); the name wins."""
         key = StreamKey(self.conn.app, name)
-        await self.registry.authorize(AuthRequest(action, key, "rtmp", self.peer,
-                                                  dict(parse_qsl(query))))
-        return key
+        credentials = dict(parse_qsl(self.conn.app_query))
+        credentials.update(parse_qsl(query))
+        grant = await self.registry.authorize(AuthRequest(action, key, "rtmp", self.peer,
+                                                          credentials))
+        return key, grant
 
     async def _publish(self, event: PublishRequested) -> None:
         sid = event.stream_id
@@ -207,8 +225,23 @@ class _Session:
             self.closing = "publish refused"
             return
         try:
-            key = await self._admit(Action.PUBLISH, event.name, event.query)
-            handle = await self.registry.start_publish(key, protocol="rtmp", peer=self.peer)
+            key, grant = await self._admit(Action.PUBLISH, event.name, event.query)
+            if admission.max_publishers <= self.server.publishers:
+                admission.refuse("max_publishers", f"peer={self.peer} stream={key}")
+                self.conn.reject_publish(sid, "NetStream.Publish.Rejected",
+                                         "too many publishers on this node")
+                self.closing = "publish refused"
+                return
+            try:
+                handle = await self.registry.start_publish(key, protocol="rtmp", peer=self.peer)
+            except StreamBusy:
+                if grant is None or not grant.takeover:
+                    raise
+                # Only a credential the auth provider marked for takeover replaces a live
+                # publisher (hijack protection).
+                log.warning("publish takeover stream=%s peer=%s", key, self.peer)
+                await self.registry.end_publish(key, "taken over")
+                handle = await self.registry.start_publish(key, protocol="rtmp", peer=self.peer)
         except ArclyError as exc:
             code = ("NetStream.Publish.Unauthorized" if isinstance(exc, AuthError)
                     else "NetStream.Publish.BadName"
@@ -220,6 +253,7 @@ class _Session:
             self.closing = "publish refused"
             return
         self.publishing[sid] = (key, handle)
+        self.server.publishers += 1
         self.conn.accept_publish(sid, event.name)
         watcher = asyncio.create_task(self._watch_publish(handle))
         self.watchers.add(watcher)
@@ -240,8 +274,16 @@ class _Session:
             self.closing = "play refused"
             return
         try:
-            key = await self._admit(Action.PLAY, event.name, event.query)
+            key, _ = await self._admit(Action.PLAY, event.name, event.query)
             sub = await self.registry.subscribe(key, protocol="rtmp", peer=self.peer)
+            if len(sub.stream.subscribers) > self.server.admission.max_viewers_per_stream:
+                sub.close("refused: too many viewers")
+                self.server.admission.refuse("max_viewers_per_stream",
+                                             f"peer={self.peer} stream={key}")
+                self.conn.reject_play(sid, "NetStream.Play.Failed",
+                                      "too many viewers on this stream")
+                self.closing = "play refused"
+                return
         except (InvalidStreamKey, StreamNotFound, AuthError) as exc:
             code = ("NetStream.Play.Failed" if isinstance(exc, AuthError)
                     else "NetStream.Play.StreamNotFound")
@@ -280,6 +322,7 @@ class _Session:
     async def _close_stream(self, sid: int, command: str) -> None:
         entry = self.publishing.pop(sid, None)
         if entry is not None:
+            self.server.publishers -= 1
             key, _ = entry
             self.conn.end_publish(sid, key.stream)
             await self.registry.end_publish(key, "unpublished")
@@ -309,6 +352,7 @@ class _Session:
         if self.publishing and reason == "client closed":
             reason = "publisher disconnected"
         for key, handle in self.publishing.values():
+            self.server.publishers -= 1
             if not handle.ended.cancelled:
                 await self.registry.end_publish(key, reason)
         self.publishing.clear()

@@ -1,0 +1,129 @@
+"""Per-app auth from a TOML file (``--auth-config``).
+
+    [default]                      # apps without a section of their own
+    provider = "allow-all"
+
+    [apps.live]
+    provider = "tokens"            # arcly token sign --key … --app live --stream … --ttl …
+    secret_env = "ARCLY_TOKEN_SECRET"
+    actions = ["publish"]          # play stays open
+
+    [apps.studio]
+    provider = "static"
+    publish_keys_file = "/etc/arcly/publish-keys"   # one key per line (a mounted Secret)
+    play_keys = ["viewer-key"]
+    takeover_keys = ["producer-key"]
+
+    [apps.partner]
+    provider = "webhook"
+    on_publish = "http://auth.internal/on_publish"
+    on_play = "http://auth.internal/on_play"
+    on_publish_done = "http://auth.internal/done"
+    timeout = 2.0
+    on_failure = "deny"            # or "allow"
+    cache_seconds = 5
+
+Secrets never need to be in the file: ``secret_env`` names an environment variable, ``*_file``
+names a file.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from arcly.engine import Action, AllowAll, AuthGrant, AuthProvider, AuthRequest
+
+from .providers import SignedTokens, StaticKeys, Webhooks
+
+PROVIDERS = ("allow-all", "static", "tokens", "webhook")
+
+
+class AuthConfigError(ValueError):
+    """The auth configuration is unusable; the node refuses to start with it."""
+
+
+class PerApp:
+    """Routes each request to its app's provider (or the default one)."""
+
+    def __init__(self, apps: Mapping[str, AuthProvider], default: AuthProvider) -> None:
+        self.apps = dict(apps)
+        self.default = default
+
+    def provider_for(self, app: str) -> AuthProvider:
+        return self.apps.get(app, self.default)
+
+    async def authorize(self, request: AuthRequest) -> AuthGrant | None:
+        return await self.provider_for(request.key.app).authorize(request)
+
+    @property
+    def webhooks(self) -> list[Webhooks]:
+        providers = [*self.apps.values(), self.default]
+        return [p for p in providers if isinstance(p, Webhooks)]
+
+    @property
+    def open(self) -> bool:
+        """True when nothing is protected (for the loud startup warning)."""
+        return all(isinstance(p, AllowAll) for p in [*self.apps.values(), self.default])
+
+
+def _keys(section: Mapping[str, Any], name: str, where: str) -> frozenset[str]:
+    keys = list(section.get(name, []))
+    path = section.get(f"{name}_file")
+    if path:
+        try:
+            keys += [line.strip() for line in Path(path).read_text().splitlines()
+                     if line.strip() and not line.startswith("#")]
+        except OSError as exc:
+            raise AuthConfigError(f"{where}: cannot read {name}_file {path}: {exc}") from exc
+    if not all(isinstance(k, str) and k for k in keys):
+        raise AuthConfigError(f"{where}: {name} must be non-empty strings")
+    return frozenset(keys)
+
+
+def build_provider(section: Mapping[str, Any], where: str, *, node: str = "") -> AuthProvider:
+    kind = section.get("provider", "allow-all")
+    if kind == "allow-all":
+        return AllowAll()
+    if kind == "static":
+        return StaticKeys(_keys(section, "publish_keys", where), _keys(section, "play_keys", where),
+                          _keys(section, "takeover_keys", where))
+    if kind == "tokens":
+        secret = section.get("secret") or os.environ.get(section.get("secret_env", ""), "")
+        if not secret:
+            raise AuthConfigError(f"{where}: tokens need 'secret' or a set 'secret_env'")
+        try:
+            actions = frozenset(Action(a) for a in section.get("actions", ["publish", "play"]))
+        except ValueError as exc:
+            raise AuthConfigError(f"{where}: actions are 'publish' and 'play'") from exc
+        return SignedTokens(secret, actions, float(section.get("skew", 30)))
+    if kind == "webhook":
+        policy = section.get("on_failure", "deny")
+        if policy not in ("deny", "allow"):
+            raise AuthConfigError(f"{where}: on_failure is 'deny' or 'allow'")
+        hooks = {name: str(section.get(name, "")) for name in
+                 ("on_publish", "on_play", "on_publish_done", "on_play_done")}
+        for name, url in hooks.items():
+            if url and not url.startswith(("http://", "https://")):
+                raise AuthConfigError(f"{where}: {name} must be an http(s) URL")
+        return Webhooks(on_publish=hooks["on_publish"], on_play=hooks["on_play"],
+                        on_publish_done=hooks["on_publish_done"],
+                        on_play_done=hooks["on_play_done"],
+                        timeout=float(section.get("timeout", 3.0)),
+                        on_failure=policy,
+                        cache_seconds=float(section.get("cache_seconds", 5.0)), node=node)
+    raise AuthConfigError(f"{where}: unknown provider {kind!r} (one of {', '.join(PROVIDERS)})")
+
+
+def load_auth(path: str | Path, *, node: str = "") -> PerApp:
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise AuthConfigError(f"auth config {path}: {exc}") from exc
+    default = build_provider(data.get("default", {}), "[default]", node=node)
+    apps = {app: build_provider(section, f"[apps.{app}]", node=node)
+            for app, section in (data.get("apps") or {}).items()}
+    return PerApp(apps, default)
