@@ -19,7 +19,7 @@ STATIC := services/arcly/http/static
 PROTOS := protos/arcly/relay/v1/relay.proto
 
 .PHONY: run test lint fmt clean venv deps tools static browser proto proto-check bench bench-relay \
-        chart-lint image
+        chart-lint image fuzz
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -93,6 +93,18 @@ chart-lint: tools
 IMAGE ?= ghcr.io/arcly/arcly-stream:dev
 image:
 	docker build -t $(IMAGE) .
+
+## Fuzz every parser with atheris for FUZZ_SECONDS each (crashes land in build/fuzz/).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := amf0 rtmp_chunks rtmp_connection flv codecs http
+fuzz: $(STAMP_DEV)
+	@mkdir -p build/fuzz
+	@set -o pipefail; for target in $(FUZZ_TARGETS); do \
+	  echo "fuzz $$target for $(FUZZ_SECONDS) s"; \
+	  (cd build/fuzz && ../../$(PY) ../../tests/fuzz/targets.py $$target \
+	     -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -print_final_stats=1 2>&1 \
+	     | tail -n 4) || exit 1; \
+	done
 
 ## Benchmarks (never part of 'make test'): results in bench/results/.
 bench: bench-relay

@@ -160,7 +160,8 @@ _OPTIONS: list[tuple[str, object, str]] = [
     ("--max-connections-per-ip", _positive_int, "open connections from one client IP"),
     ("--max-publishers", _positive_int, "live publishers on this node"),
     ("--max-viewers-per-stream", _positive_int, "viewers of one stream on this node"),
-    ("--handshake-timeout", _positive_float, "seconds an RTMP client has for its handshake"),
+    ("--handshake-timeout", _positive_float,
+     "seconds an RTMP client has for its handshake, an HTTP client for its request head"),
     ("--command-timeout", _positive_float,
      "seconds an RTMP client has from connecting to publish/play"),
 ]

@@ -39,7 +39,7 @@ from arcly.engine import (
     Upstream,
 )
 from arcly.hls.service import HlsService, HlsSettings
-from arcly.http.server import HttpServer
+from arcly.http.server import HttpServer, HttpSettings
 from arcly.observe import CompositeObserver, LoggingObserver
 from arcly.protocols.listener import Admission
 from arcly.protocols.rtmp import RtmpServer, RtmpSettings
@@ -121,7 +121,8 @@ def _listeners(config: NodeConfig, engine: Engine, admission: Admission,
             hls=config.record_hls, segment_seconds=config.hls_segment_seconds))
         engine.observer = CompositeObserver([engine.observer, recorder])
         handlers.append(recorder)
-    handlers.append(HttpServer(config.http_listen.host, config.http_listen.port, hls=hls,
+    handlers.append(HttpServer(config.http_listen.host, config.http_listen.port,
+                               HttpSettings(header_timeout=config.handshake_timeout), hls=hls,
                                engine=engine, admission=admission, node=identity,
                                api_token=config.api_token))
     return handlers

@@ -1,0 +1,89 @@
+"""atheris fuzz targets, one per parser. A target may raise only ``ProtocolError`` (the
+parsers' way of saying "malformed"); anything else is a crash.
+
+    python tests/fuzz/targets.py TARGET [atheris/libFuzzer flags, e.g. -max_total_time=30]
+    make fuzz FUZZ_SECONDS=30          # every target in turn
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+import atheris
+
+with atheris.instrument_imports():
+    from arcly.engine import FrameKind, ProtocolError
+    from arcly.http.request import parse_request
+    from arcly.media import amf0, codecs, flv
+    from arcly.protocols.rtmp.chunk import ChunkDecoder
+    from arcly.protocols.rtmp.connection import RtmpConnection
+
+_C0C1 = b"\x03" + b"\x00" * 1536
+
+
+def amf(data: bytes) -> None:
+    amf0.decode(data)
+
+
+def rtmp_chunks(data: bytes) -> None:
+    decoder = ChunkDecoder(max_message_size=65536, max_buffered=131072)
+    cut = data[0] if data else 0
+    decoder.feed(data[1:cut + 1])
+    decoder.feed(data[cut + 1:])
+
+
+def rtmp_connection(data: bytes) -> None:
+    conn = RtmpConnection()
+    conn.receive_data(_C0C1)
+    conn.receive_data(b"\x00" * 1536)  # C2
+    for piece in (data[: len(data) // 2], data[len(data) // 2:]):
+        conn.receive_data(piece)
+        conn.data_to_send()
+
+
+def flv_file(data: bytes) -> None:
+    tags, _ = flv.parse_tags(data, flv.parse_header(data))
+    for tag in tags:
+        if tag.tag_type in (8, 9, 18):
+            flv.make_frame(FrameKind(tag.tag_type), tag.timestamp, tag.body)
+
+
+def codec_config(data: bytes) -> None:
+    selector, body = (data[0], data[1:]) if data else (0, b"")
+    if selector % 4 == 0:
+        config = codecs.parse_avc_config(body)
+        codecs.to_annexb(body, config, keyframe=True)
+    elif selector % 4 == 1:
+        codecs.parse_hevc_config(body)
+    elif selector % 4 == 2:
+        codecs.parse_aac_config(body).adts_header(len(body))
+    else:
+        codecs.parse_video(body)
+
+
+def http_request(data: bytes) -> None:
+    parse_request(data)
+
+
+TARGETS: dict[str, Callable[[bytes], None]] = {
+    "amf0": amf, "rtmp_chunks": rtmp_chunks, "rtmp_connection": rtmp_connection,
+    "flv": flv_file, "codecs": codec_config, "http": http_request,
+}
+
+
+def _guarded(target: Callable[[bytes], None]) -> Callable[[bytes], None]:
+    def run(data: bytes) -> None:
+        try:
+            target(data)
+        except ProtocolError:
+            pass
+    return run
+
+
+if __name__ == "__main__":
+    name = sys.argv[1] if len(sys.argv) > 1 else ""
+    if name not in TARGETS:
+        sys.exit(f"usage: targets.py {{{'|'.join(TARGETS)}}} [libFuzzer flags]")
+    atheris.Setup([sys.argv[0], *sys.argv[2:]], _guarded(TARGETS[name]))
+    atheris.Fuzz()
