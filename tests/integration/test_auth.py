@@ -47,7 +47,8 @@ class HookServer:
                 return web.Response(status=200)
             if body["stream"].startswith("boss"):
                 return web.json_response({"takeover": True})
-            return web.Response(status=200 if not body["stream"].startswith("no") else 403)
+            denied = body["stream"].startswith("no") or body["query"].get("deny") == "1"
+            return web.Response(status=403 if denied else 200)
 
         app = web.Application()
         app.router.add_post("/{name}", hook)
@@ -274,3 +275,32 @@ def test_management_api_needs_its_token_and_can_kick(secured: Node, source_flv: 
     live.join()
     assert live.closed, "the kicked publisher was disconnected"
     secured.wait_for_log(r"publish end stream=live/kickme .*kicked via API")
+
+
+@pytest.mark.parametrize("app", ["static", "signed", "hooked"])
+def test_each_provider_guards_play_over_rtmp_flv_and_hls(
+        app: str, secured: Node, source_flv: Path) -> None:
+    def signed(action: str) -> str:
+        return "token={token}&expires={expires}".format(
+            **tokens.sign(SECRET, action, "signed", "show", ttl=600))
+
+    # (publish credentials, play credentials, refused play credentials)
+    creds = {
+        "static": ("key=pk", "key=vk", "key=wrong"),
+        "signed": (signed("publish"), signed("play"), "token=00&expires=9999999999"),
+        "hooked": ("", "", "deny=1"),
+    }[app]
+    publish_q, allowed, refused = creds
+    live = LivePublisher(secured, app, f"show?{publish_q}" if publish_q else "show",
+                         load_tags(source_flv)[:500])
+    assert live.status == "NetStream.Publish.Start"
+    time.sleep(0.5)
+    assert play_status(secured, app, f"show?{refused}") == "NetStream.Play.Failed"
+    assert play_status(secured, app, f"show?{allowed}" if allowed else "show") == \
+        "NetStream.Play.Start"
+    base = f"http://127.0.0.1:{secured.http}/{app}/show"
+    assert http_status(f"{base}.flv?{refused}") == 403
+    assert http_status(f"{base}.flv?{allowed}") == 200
+    assert http_status(f"{base}/index.m3u8?{refused}") == 403
+    assert http_status(f"{base}/index.m3u8?{allowed}") == 200
+    live.join()

@@ -20,7 +20,7 @@ import pytest
 from arcly.media import flv
 from arcly.relay.v1 import relay_pb2 as pb
 from tests.conftest import FPS
-from tests.support.flv_reader import HttpFlvReader
+from tests.support.flv_reader import HttpFlvReader, first_video_frames
 from tests.support.processes import FfmpegPublisher, Node, RedisServer
 from tests.support.rtmp_client import RtmpClient
 
@@ -104,21 +104,7 @@ def test_first_viewer_on_an_edge_starts_with_sequence_header_and_keyframe(
     publish(origin, "live/first")
     time.sleep(0.8)  # mid-GOP
 
-    async def first_viewer() -> tuple[float, list[bytes]]:
-        started = time.monotonic()
-        reader = await HttpFlvReader.open(edge.http, "/live/first.flv")
-        await reader.read_header()
-        videos: list[bytes] = []
-        first_at = 0.0
-        while len(videos) < 2:
-            tag = await reader.next_tag()
-            if tag.tag_type == flv.TAG_VIDEO:
-                videos.append(tag.body)
-                first_at = first_at or time.monotonic()
-        await reader.close()
-        return first_at - started, videos
-
-    waited, videos = asyncio.run(first_viewer())
+    waited, videos = asyncio.run(first_video_frames(edge.http, "live/first"))
     print(f"\nfirst viewer on an edge: first video frame after {waited * 1000:.0f} ms")
     assert flv.is_video_config(videos[0])
     assert flv.is_video_keyframe(videos[1])

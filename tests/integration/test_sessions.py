@@ -12,7 +12,7 @@ import pytest
 from arcly.media import flv
 from arcly.protocols.rtmp import chunk
 from tests.conftest import GOP_SECONDS
-from tests.support.flv_reader import HttpFlvReader
+from tests.support.flv_reader import HttpFlvReader, first_video_frames
 from tests.support.media import load_tags
 from tests.support.processes import FfmpegPublisher, Node
 from tests.support.rtmp_client import RtmpClient
@@ -39,24 +39,6 @@ async def _first_video_frames_rtmp(port: int, key: str) -> tuple[float, list[byt
         await client.close()
 
 
-async def _first_video_frames_flv(port: int, key: str) -> tuple[float, list[bytes]]:
-    started = time.monotonic()
-    reader = await HttpFlvReader.open(port, f"/{key}.flv")
-    try:
-        assert reader.status == 200
-        await reader.read_header()
-        videos: list[bytes] = []
-        first_at = 0.0
-        while len(videos) < 2:
-            tag = await reader.next_tag()
-            if tag.tag_type == flv.TAG_VIDEO:
-                videos.append(tag.body)
-                first_at = first_at or time.monotonic()
-        return first_at - started, videos
-    finally:
-        await reader.close()
-
-
 @pytest.mark.parametrize("protocol", ["rtmp", "http-flv"])
 def test_viewer_joining_mid_gop_starts_with_sequence_header_then_keyframe(
         protocol: str, node: Node, publish: Callable[[Node, str], FfmpegPublisher]) -> None:
@@ -64,7 +46,7 @@ def test_viewer_joining_mid_gop_starts_with_sequence_header_then_keyframe(
     waits = []
     for delay in (0.7, 0.9, 1.3):  # three joins at different points of a 2 s GOP
         time.sleep(delay)
-        probe = _first_video_frames_rtmp if protocol == "rtmp" else _first_video_frames_flv
+        probe = _first_video_frames_rtmp if protocol == "rtmp" else first_video_frames
         port = node.rtmp if protocol == "rtmp" else node.http
         waited, videos = asyncio.run(probe(port, "live/gop"))
         assert flv.is_video_config(videos[0]), "first video frame is the AVC sequence header"
@@ -90,7 +72,7 @@ def test_second_publisher_is_refused_and_first_is_untouched(
             while True:
                 await intruder.read_message(5)
         # The first publisher still feeds viewers.
-        _, videos = await _first_video_frames_flv(node.http, "live/taken")
+        _, videos = await first_video_frames(node.http, "live/taken")
         assert flv.is_video_keyframe(videos[1])
 
     asyncio.run(scenario())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from arcly.media import flv
 
@@ -54,3 +55,23 @@ class HttpFlvReader:
             await asyncio.wait_for(self.writer.wait_closed(), 2)
         except (TimeoutError, ConnectionError, OSError):
             pass
+
+
+async def first_video_frames(port: int, key: str) -> tuple[float, list[bytes]]:
+    """Play ``key`` over HTTP-FLV until two video tags arrived: the time from the request to
+    the first one, and both bodies (expected: sequence header, then keyframe)."""
+    started = time.monotonic()
+    reader = await HttpFlvReader.open(port, f"/{key}.flv")
+    try:
+        assert reader.status == 200
+        await reader.read_header()
+        videos: list[bytes] = []
+        first_at = 0.0
+        while len(videos) < 2:
+            tag = await reader.next_tag()
+            if tag.tag_type == flv.TAG_VIDEO:
+                videos.append(tag.body)
+                first_at = first_at or time.monotonic()
+        return first_at - started, videos
+    finally:
+        await reader.close()
