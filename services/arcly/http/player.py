@@ -62,3 +62,14 @@ video.addEventListener('playing', () => status.textContent = 'playing');</script
 {attach}
 </body></html>
 """
+
+
+def status_page() -> str:
+    """The page people open first: live streams with their figures and an embedded player."""
+    template = Path(__file__).with_name("status.html").read_text()
+    return template.replace("__HLS__", _script("hls.min.js")).replace(
+        "__MPEGTS__", _script("mpegts.js"))
+
+
+def openapi_document() -> bytes:
+    return Path(__file__).with_name("openapi.json").read_bytes()

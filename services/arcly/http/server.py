@@ -38,7 +38,7 @@ from arcly.protocols.listener import (
 )
 
 from .api import stream_detail, streams_document
-from .player import player_page, static_file
+from .player import openapi_document, player_page, static_file, status_page
 from .request import MAX_HEAD, Request, parse_request, quote_query
 
 if TYPE_CHECKING:
@@ -191,6 +191,9 @@ class HttpServer:
                 parts[2] == "index.m3u8" or parts[2].endswith(".ts")):
             await self._hls(registry, request, parts, writer, peer, head_only)
             return
+        if request.path == "/":
+            self._respond(writer, 200, status_page(), "text/html; charset=utf-8", head_only)
+            return
         # Pages and scripts come after the media routes, so apps may be named "play"/"static".
         if len(parts) == 2 and parts[0] == "static" and parts[1].endswith(".js"):
             script = static_file(parts[1])
@@ -224,6 +227,9 @@ class HttpServer:
                    peer: str) -> None:
         assert self.engine is not None
         head_only = request.method == "HEAD"
+        if parts == ["openapi.json"] and request.method in ("GET", "HEAD"):
+            self._respond(writer, 200, openapi_document(), "application/json", head_only)
+            return
         if not self._api_allowed(request, peer):
             self._respond(writer, 401, json.dumps({"error": "unauthorized"}) + "\n",
                           "application/json", head_only,
