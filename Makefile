@@ -19,7 +19,7 @@ STATIC := services/arcly/http/static
 PROTOS := protos/arcly/relay/v1/relay.proto
 
 .PHONY: run test lint fmt clean venv deps tools static browser proto proto-check bench bench-relay \
-        chart-lint image fuzz
+        chart-lint image fuzz bench-observer
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -107,10 +107,13 @@ fuzz: $(STAMP_DEV)
 	done
 
 ## Benchmarks (never part of 'make test'): results in bench/results/.
-bench: bench-relay
+bench: bench-relay bench-observer
 
 bench-relay: tools
 	$(PY) bench/relay.py $(BENCH_ARGS)
+
+bench-observer: $(STAMP_DEV)
+	$(PY) bench/observer.py
 
 lint: $(STAMP_DEV) proto-check
 	$(BIN)/ruff check services tests bench operator

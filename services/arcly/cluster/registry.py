@@ -29,11 +29,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from opentelemetry import metrics, trace
 from redis.exceptions import RedisError
 
 from arcly.engine import ArclyError, StreamBusy, StreamKey
 
 log = logging.getLogger("arcly.registry")
+_tracer = trace.get_tracer("arcly.registry")
+_conflicts = metrics.get_meter("arcly.registry").create_counter(
+    "arcly.ownership.conflicts", unit="{claim}",
+    description="publishes refused because another node owns the key")
 
 # Claim: SET NX PX, then INCR the fence; returns the new token, or nothing if taken. Tokens
 # never fall below the wall clock in ms, so they stay unique even if Redis lost its data (they
@@ -82,6 +87,7 @@ class Owner:
     node_id: str
     token: int
     relay: str
+    trace: str = ""  # the publish session's W3C traceparent
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +154,13 @@ class RedisRegistry:
     # -- ownership (KeyOwnership) --------------------------------------------------------------
 
     async def claim(self, key: StreamKey) -> int:
+        with _tracer.start_as_current_span("ownership claim", attributes={
+                "arcly.stream.key": str(key), "arcly.node.id": self.node_id}) as span:
+            token = await self._claim_key(key)
+            span.set_attribute("arcly.fencing_token", token)
+            return token
+
+    async def _claim_key(self, key: StreamKey) -> int:
         try:
             token = await self._claim(keys=[self.owner_key(key), self.fence_key(key)],
                                       args=[self.node_id, self._lease_ms(),
@@ -157,6 +170,7 @@ class RedisRegistry:
             raise RegistryUnavailable(f"cannot claim {key}: registry unavailable") from exc
         self._mark(True)
         if not token:
+            _conflicts.add(1)
             owner = await self.owner(key)
             where = f" on node {owner.node_id}" if owner else ""
             raise StreamBusy(f"{key} is already being published{where}")
@@ -222,7 +236,15 @@ class RedisRegistry:
         if not value or "|" not in value:
             return None
         node_id, _, token = str(value).rpartition("|")
-        return Owner(node_id, int(token), str(record.get("relay", "")))
+        return Owner(node_id, int(token), str(record.get("relay", "")),
+                     str(record.get("trace", "")))
+
+    async def set_trace(self, key: StreamKey, traceparent: str) -> None:
+        """Store the publish session's trace context with its stream record."""
+        try:
+            await self.redis.hset(self.stream_key(key), "trace", traceparent)
+        except RedisError as exc:
+            self._mark(False, exc)
 
     async def force_release(self, key: StreamKey, reason: str) -> bool:
         """Release ``key`` whoever holds it (the operator does this for dead origins and

@@ -41,6 +41,8 @@ class RelayUpstream:
         self.settings = settings
         self._channels: dict[str, grpc.aio.Channel] = {}
         self.lag_ms = 0.0
+        # The publish session's traceparent per key (from the relay call, else the registry).
+        self.trace_parents: dict[StreamKey, str] = {}
 
     def channel(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
@@ -65,7 +67,9 @@ class RelayUpstream:
             return None
         if owner is None or not owner.relay:
             return None
-        return RelaySource(self, key, owner)
+        source = RelaySource(self, key, owner)
+        await source.connect()
+        return source
 
     async def close(self) -> None:
         for channel in self._channels.values():
@@ -83,6 +87,23 @@ class RelaySource:
         self.highest_token = owner.token
         self._call: grpc.aio.UnaryStreamCall | None = None
         self.resubscriptions = 0
+
+    async def connect(self) -> None:
+        """Subscribe and read the call's initial metadata (the session's trace context), so
+        the local session can join the trace before its first frame."""
+        self._subscribe()
+        assert self._call is not None
+        traceparent = self.owner.trace
+        try:
+            async with asyncio.timeout(5):
+                metadata = await self._call.initial_metadata()
+            for name, value in metadata or ():
+                if name == "traceparent":
+                    traceparent = str(value)
+        except (grpc.aio.AioRpcError, TimeoutError):
+            pass  # next_frame() reports what went wrong
+        if traceparent:
+            self.upstream.trace_parents[self.key] = traceparent
 
     def _subscribe(self) -> None:
         stub = self.upstream.channel(self.owner.relay)

@@ -91,8 +91,10 @@ class RelayServer:
     name = "relay"
 
     def __init__(self, host: str, port: int, settings: RelaySettings, *,
-                 on_bound: Callable[[str, int], None] | None = None) -> None:
+                 on_bound: Callable[[str, int], None] | None = None,
+                 trace_context: Callable[[StreamKey], str | None] | None = None) -> None:
         self.on_bound = on_bound
+        self.trace_context = trace_context
         self.host = host
         self.port = port
         self.settings = settings
@@ -150,6 +152,9 @@ class RelayServer:
         except StreamNotFound as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         token = sub.stream.token
+        traceparent = self.trace_context(key) if self.trace_context else None
+        if traceparent:  # the edge's relay span joins the publish session's trace
+            await context.send_initial_metadata((("traceparent", traceparent),))
         reason = "edge left"
         handler = asyncio.current_task()
         assert handler is not None

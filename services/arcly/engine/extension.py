@@ -106,6 +106,11 @@ class Observer(Protocol):
 
     def on_play_start(self, key: StreamKey, protocol: str, peer: str) -> None: ...
 
+    def on_play_first_frame(self, key: StreamKey, protocol: str, peer: str,
+                            seconds: float) -> None:
+        """A subscriber got its first frames ``seconds`` after it subscribed."""
+        ...
+
     def on_play_end(self, key: StreamKey, protocol: str, peer: str, reason: str) -> None: ...
 
     def on_stream_reaped(self, key: StreamKey) -> None: ...
@@ -154,6 +159,10 @@ class NullObserver:
         pass
 
     def on_play_start(self, key: StreamKey, protocol: str, peer: str) -> None:
+        pass
+
+    def on_play_first_frame(self, key: StreamKey, protocol: str, peer: str,
+                            seconds: float) -> None:
         pass
 
     def on_play_end(self, key: StreamKey, protocol: str, peer: str, reason: str) -> None:

@@ -151,12 +151,14 @@ class Subscription:
 
     __slots__ = (
         "_finished",
+        "_first_delivered",
         "_max_bytes",
         "_max_frames",
         "_pending",
         "_pending_bytes",
         "_skipping",
         "_skips",
+        "_subscribed_at",
         "_waiter",
         "close_reason",
         "closed",
@@ -182,6 +184,8 @@ class Subscription:
         self._skipping = False
         self._skips: list[float] = []
         self._finished = False
+        self._subscribed_at = stream.clock()
+        self._first_delivered = False
         self.dropped = 0
         self.delivered = 0
         self.closed = False
@@ -266,6 +270,11 @@ class Subscription:
         self._pending = []
         self._pending_bytes = 0
         self.delivered += len(batch)
+        if not self._first_delivered:  # once per subscription, not per frame
+            self._first_delivered = True
+            stream = self.stream
+            stream.observer.on_play_first_frame(stream.key, self.protocol, self.peer,
+                                                stream.clock() - self._subscribed_at)
         return batch
 
     def close(self, reason: str = "") -> None:

@@ -40,7 +40,7 @@ from arcly.engine import (
 )
 from arcly.hls.service import HlsService, HlsSettings
 from arcly.http.server import HttpServer, HttpSettings
-from arcly.observe import CompositeObserver, LoggingObserver
+from arcly.observe import CompositeObserver, LoggingObserver, otel
 from arcly.protocols.listener import Admission
 from arcly.protocols.rtmp import RtmpServer, RtmpSettings
 from arcly.recording import FilesystemStorage, RecordingManager, RecordSettings
@@ -129,8 +129,10 @@ def _listeners(config: NodeConfig, engine: Engine, admission: Admission,
 
 
 async def run_node(role: str, config: NodeConfig, shutdown: ShutdownToken | None = None,
-                   engine: Engine | None = None) -> None:
-    """Run one node of ``role`` until a signal (or ``shutdown``) stops it."""
+                   engine: Engine | None = None, *, telemetry: bool | None = None) -> None:
+    """Run one node of ``role`` until a signal (or ``shutdown``) stops it. ``telemetry``:
+    None follows the ``OTEL_*`` environment; True attaches the OpenTelemetry observer to
+    whatever providers are installed (tests)."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}")
     identity = {"id": node_id(config), "role": role}
@@ -171,6 +173,15 @@ async def run_node(role: str, config: NodeConfig, shutdown: ShutdownToken | None
     if auth is not None:
         for hooks in auth.webhooks:  # on_publish_done / on_play_done
             engine.observer = CompositeObserver([engine.observer, hooks])
+    stop_telemetry = otel.configure(f"arcly-{role}", {"arcly.node.id": identity["id"],
+                                                      "arcly.node.role": role}) \
+        if telemetry is None else None
+    observer: otel.OtelObserver | None = None
+    if telemetry or stop_telemetry is not None:
+        observer = _observe(engine, identity, registry, upstream)
+        for handler in extra:
+            if isinstance(handler, RelayServer):
+                handler.trace_context = observer.traceparent
     handlers = _listeners(config, engine, admission, identity) + extra
     unprotected = isinstance(engine.auth, AllowAll) or (
         isinstance(engine.auth, PerApp) and engine.auth.open)
@@ -202,6 +213,8 @@ async def run_node(role: str, config: NodeConfig, shutdown: ShutdownToken | None
         if auth is not None:
             for hooks in auth.webhooks:
                 await hooks.close()
+        if stop_telemetry is not None:
+            stop_telemetry()
         if registry is not None:
             await registry.deregister()
             await registry.close()
@@ -212,6 +225,27 @@ async def serve_single(config: NodeConfig, shutdown: ShutdownToken | None = None
                        engine: Engine | None = None) -> None:
     """Run ``arcly serve`` (the single-node role) until a signal (or ``shutdown``)."""
     await run_node("single", config, shutdown, engine)
+
+
+def _observe(engine: Engine, identity: dict[str, str], registry: RedisRegistry | None,
+             upstream: RelayUpstream | None) -> otel.OtelObserver:
+    """Attach the OpenTelemetry observer; origins store each session's trace context in the
+    registry, edges join the origin's trace."""
+    tasks: set[asyncio.Task[None]] = set()
+
+    def stored(key: StreamKey, traceparent: str) -> None:
+        if registry is not None:
+            task = asyncio.get_running_loop().create_task(registry.set_trace(key, traceparent))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    observer = otel.OtelObserver(
+        engine, node_id=identity["id"], role=identity["role"],
+        remote_parent=upstream.trace_parents.get if upstream is not None else None,
+        on_session=stored if identity["role"] == "origin" else None,
+        relay_lag=(lambda: upstream.lag_ms) if upstream is not None else None)
+    engine.observer = CompositeObserver([engine.observer, observer])
+    return observer
 
 
 def _watch_registry(registry: RedisRegistry, engine: Engine) -> None:

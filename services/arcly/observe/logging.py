@@ -23,6 +23,11 @@ class LoggingObserver:
     def on_play_start(self, key: StreamKey, protocol: str, peer: str) -> None:
         log.info("play start stream=%s protocol=%s peer=%s", key, protocol, peer)
 
+    def on_play_first_frame(self, key: StreamKey, protocol: str, peer: str,
+                            seconds: float) -> None:
+        log.debug("first frames stream=%s protocol=%s peer=%s after_ms=%.1f", key, protocol,
+                  peer, seconds * 1000)
+
     def on_play_end(self, key: StreamKey, protocol: str, peer: str, reason: str) -> None:
         log.info("play end stream=%s protocol=%s peer=%s reason=%r", key, protocol, peer, reason)
 
@@ -56,6 +61,10 @@ class CompositeObserver:
 
     def on_play_start(self, key: StreamKey, protocol: str, peer: str) -> None:
         self._each("on_play_start", key, protocol, peer)
+
+    def on_play_first_frame(self, key: StreamKey, protocol: str, peer: str,
+                            seconds: float) -> None:
+        self._each("on_play_first_frame", key, protocol, peer, seconds)
 
     def on_play_end(self, key: StreamKey, protocol: str, peer: str, reason: str) -> None:
         self._each("on_play_end", key, protocol, peer, reason)

@@ -1,0 +1,174 @@
+"""OpenTelemetry: the span structure of a session across origin and edge, and real OTLP export."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Callable
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from opentelemetry import trace
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from arcly.engine import ShutdownToken
+from arcly.node.config import Address, NodeConfig
+from arcly.node.server import run_node
+from tests.support.flv_reader import HttpFlvReader
+from tests.support.media import load_tags
+from tests.support.processes import FfmpegPublisher, Node, RedisServer
+from tests.support.rtmp_client import RtmpClient
+
+pytestmark = pytest.mark.integration
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def in_memory_exporter() -> InMemorySpanExporter:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    if trace.get_tracer_provider() is not provider:
+        pytest.skip("a tracer provider was installed earlier in this process")
+    return exporter
+
+
+def test_publish_relay_play_spans_form_one_story(redis_server: RedisServer,
+                                                 source_flv: Path) -> None:
+    exporter = in_memory_exporter()
+    tags = load_tags(source_flv)[:150]
+    ports = {name: free_port() for name in ("o_rtmp", "o_http", "o_grpc", "e_rtmp", "e_http")}
+
+    def config(node_id: str, rtmp: int, http: int, grpc_port: int = 0) -> NodeConfig:
+        return NodeConfig(rtmp_listen=Address("127.0.0.1", rtmp),
+                          http_listen=Address("127.0.0.1", http),
+                          grpc_listen=Address("127.0.0.1", grpc_port or free_port()),
+                          redis_url=redis_server.url, node_id=node_id, relay_token="t",
+                          hls=False, drain_timeout=1)
+
+    async def scenario() -> None:
+        tokens = [ShutdownToken(), ShutdownToken()]
+        nodes = [asyncio.create_task(run_node("origin", config(
+                     "o1", ports["o_rtmp"], ports["o_http"], ports["o_grpc"]),
+                     tokens[0], telemetry=True)),
+                 asyncio.create_task(run_node("edge", config(
+                     "e1", ports["e_rtmp"], ports["e_http"]), tokens[1], telemetry=True))]
+        await asyncio.sleep(1.0)
+        publisher = await RtmpClient.connect("127.0.0.1", ports["o_rtmp"], "live")
+        assert (await publisher.publish("tel")).code == "NetStream.Publish.Start"
+        for tag in tags:
+            publisher.send_media(tag.tag_type, tag.timestamp, tag.body)
+        await publisher.writer.drain()
+        await asyncio.sleep(0.5)
+        record = redis_server.command("HGET", "arcly:stream:live/tel", "trace")
+        assert "00-" in record, "the session's trace context is in its registry record"
+        viewer = await HttpFlvReader.open(ports["e_http"], "/live/tel.flv")
+        assert viewer.status == 200
+        await viewer.read_header()
+        for _ in range(10):
+            await viewer.next_tag()
+        await viewer.close()
+        await publisher.close()
+        await asyncio.sleep(1.0)
+        for token in tokens:
+            token.cancel()
+        await asyncio.wait_for(asyncio.gather(*nodes), 30)
+
+    asyncio.run(scenario())
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    publish = spans["publish live/tel"]
+    relay = spans["relay live/tel"]
+    play = spans["play live/tel"]
+    started = spans["publish live/tel started"]
+    assert publish.kind is SpanKind.SERVER and publish.parent is None
+    assert publish.attributes["arcly.node.id"] == "o1"
+    assert publish.attributes["network.protocol.name"] == "rtmp"
+    assert publish.attributes["arcly.stream.key"] == "live/tel"
+    assert started.parent.span_id == publish.context.span_id
+    assert relay.kind is SpanKind.CONSUMER and relay.attributes["arcly.node.id"] == "e1"
+    assert relay.context.trace_id == publish.context.trace_id, "the edge joins the trace"
+    assert relay.parent.span_id == publish.context.span_id
+    assert play.attributes["network.protocol.name"] == "http-flv"
+    assert play.attributes["arcly.node.id"] == "e1"
+    assert [link.context.span_id for link in play.links] == [relay.context.span_id]
+    assert play.attributes["arcly.play.first_frame_seconds"] < 1.0
+    assert any(event.name == "first frame" for event in play.events)
+    claim = spans["ownership claim"]
+    assert claim.attributes["arcly.node.id"] == "o1" and claim.attributes["arcly.fencing_token"]
+    assert "arcly.end_reason" in publish.attributes
+
+
+class Collector(trace_service_pb2_grpc.TraceServiceServicer,
+                metrics_service_pb2_grpc.MetricsServiceServicer):
+    """An in-process OTLP/gRPC receiver, enough of an OpenTelemetry collector for tests."""
+
+    def __init__(self) -> None:
+        self.spans: list[Any] = []
+        self.resources: list[dict[str, Any]] = []
+        self.metric_names: set[str] = set()
+
+    def Export(self, request: Any, context: Any) -> Any:
+        if isinstance(request, trace_service_pb2.ExportTraceServiceRequest):
+            for resource_spans in request.resource_spans:
+                self.resources.append({kv.key: kv.value.string_value
+                                       for kv in resource_spans.resource.attributes})
+                for scope in resource_spans.scope_spans:
+                    self.spans.extend(scope.spans)
+            return trace_service_pb2.ExportTraceServiceResponse()
+        for resource_metrics in request.resource_metrics:
+            for scope in resource_metrics.scope_metrics:
+                self.metric_names.update(metric.name for metric in scope.metrics)
+        return metrics_service_pb2.ExportMetricsServiceResponse()
+
+
+def test_a_real_node_exports_spans_and_metrics_over_otlp_grpc(
+        node_factory: Callable[..., Node], publish: Callable[[Node, str], FfmpegPublisher]
+        ) -> None:
+    collector = Collector()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
+    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(collector, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        node = node_factory(env={
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+            "OTEL_EXPORTER_OTLP_INSECURE": "true", "OTEL_BSP_SCHEDULE_DELAY": "200",
+            "OTEL_METRIC_EXPORT_INTERVAL": "1000", "OTEL_RESOURCE_ATTRIBUTES": "deployment=test"})
+        publisher = publish(node, "live/otlp")
+
+        async def play() -> None:
+            viewer = await RtmpClient.connect("127.0.0.1", node.rtmp, "live")
+            assert (await viewer.play("otlp")).code == "NetStream.Play.Start"
+            for _ in range(20):
+                await viewer.read_message()
+            await viewer.close()
+
+        asyncio.run(play())
+        time.sleep(2.5)  # a metrics export interval or two
+        publisher.stop()
+        node.wait_for_log(r"publish end stream=live/otlp ")
+        assert node.terminate() == 0  # flushes the exporters
+    finally:
+        server.stop(grace=1)
+    names = {span.name for span in collector.spans}
+    assert {"publish live/otlp", "publish live/otlp started", "play live/otlp"} <= names
+    assert any(r.get("service.name") == "arcly-single" and r.get("deployment") == "test"
+               and r.get("arcly.node.role") == "single" for r in collector.resources)
+    assert {"arcly.publishers", "arcly.viewers", "arcly.stream.bytes_in",
+            "arcly.gop_cache.size", "arcly.play.time_to_first_frame"} <= collector.metric_names
+
