@@ -63,6 +63,16 @@ def configure(service_name: str, attributes: dict[str, str]) -> Callable[[], Non
     meter_provider = MeterProvider(resource=resource, metric_readers=[
         PeriodicExportingMetricReader(OTLPMetricExporter())])
     metrics.set_meter_provider(meter_provider)
+    # Registry commands (claims, renewals, heartbeats: seconds apart, never per frame) get the
+    # official Redis instrumentation. The relay is deliberately not wrapped by the gRPC
+    # interceptors: it is one long stream per key whose context flows origin -> edge (see the
+    # relay span), and its messages must stay free of per-frame telemetry work.
+    try:
+        from opentelemetry.instrumentation.redis import RedisInstrumentor
+    except ImportError:
+        log.info("opentelemetry-instrumentation-redis not installed; registry calls untraced")
+    else:
+        RedisInstrumentor().instrument()
     log.info("telemetry on endpoint=%s service=%s", os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"],
              resource.attributes.get("service.name"))
 
