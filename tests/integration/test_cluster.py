@@ -88,6 +88,11 @@ def test_edges_serve_ffmpeg_with_one_upstream_per_edge(
             await viewer.read_header()
             await viewer.next_tag()
         peers = await asyncio.to_thread(relay_peers, origin, "live/cl")
+        on_edge = await asyncio.to_thread(api, edges[0], "/api/v1/streams/live/cl")
+        assert on_edge["viewers"]["flv"] >= 20
+        assert on_edge["upstream"]["origin"] == "o1"
+        assert on_edge["upstream"]["relay"] == f"127.0.0.1:{origin.relay}"
+        assert 0 <= on_edge["upstream"]["lag_ms"] < 1000
         for viewer in viewers:
             await viewer.close()
         return peers

@@ -148,7 +148,10 @@ async def test_operator_manages_node_lifecycle_releases_reaps_and_reports(
         async def released() -> bool:
             return await raw.get(node.owner_key(kept)) is None
         await eventually(released)
-        assert not await raw.exists(node.node_key("demo-origin-0"))
+
+        async def node_gone() -> bool:
+            return not await raw.exists(node.node_key("demo-origin-0"))
+        await eventually(node_gone)
 
         async def released_event() -> bool:
             return any(obj.get("reason") == "StreamKeysReleased" and "live/cam" in obj.get(

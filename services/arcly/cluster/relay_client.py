@@ -43,6 +43,7 @@ class RelayUpstream:
         self.lag_ms = 0.0
         # The publish session's traceparent per key (from the relay call, else the registry).
         self.trace_parents: dict[StreamKey, str] = {}
+        self.sources: dict[StreamKey, RelaySource] = {}
 
     def channel(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
@@ -69,7 +70,17 @@ class RelayUpstream:
             return None
         source = RelaySource(self, key, owner)
         await source.connect()
+        self.sources[key] = source
         return source
+
+    def describe(self, key: StreamKey) -> dict[str, object] | None:
+        """Where ``key`` comes from (for the API): origin node, relay address, lag."""
+        source = self.sources.get(key)
+        if source is None:
+            return None
+        return {"origin": source.owner.node_id, "relay": source.owner.relay,
+                "session": source.owner.token, "lag_ms": round(source.lag_ms, 2),
+                "resubscriptions": source.resubscriptions}
 
     async def close(self) -> None:
         for channel in self._channels.values():
@@ -87,6 +98,7 @@ class RelaySource:
         self.highest_token = owner.token
         self._call: grpc.aio.UnaryStreamCall | None = None
         self.resubscriptions = 0
+        self.lag_ms = 0.0
 
     async def connect(self) -> None:
         """Subscribe and read the call's initial metadata (the session's trace context), so
@@ -147,7 +159,8 @@ class RelaySource:
                 continue  # a stale owner's frame
             self.highest_token = frame.fencing_token
             if frame.origin_time_us:
-                self.upstream.lag_ms = max(0.0, time.time() * 1000 - frame.origin_time_us / 1000)
+                self.lag_ms = max(0.0, time.time() * 1000 - frame.origin_time_us / 1000)
+                self.upstream.lag_ms = self.lag_ms
             mark = None
             if frame.HasField("mark"):
                 mark = SegmentMark(frame.mark.sequence, frame.mark.discontinuity,
@@ -177,6 +190,8 @@ class RelaySource:
         return False
 
     async def aclose(self) -> None:
+        if self.upstream.sources.get(self.key) is self:
+            del self.upstream.sources[self.key]
         if self._call is not None:
             self._call.cancel()
             self._call = None

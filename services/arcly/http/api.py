@@ -60,6 +60,9 @@ def stream_summary(engine: Engine, stream: Stream) -> dict[str, Any]:
 
 def stream_detail(engine: Engine, stream: Stream) -> dict[str, Any]:
     detail = stream_summary(engine, stream)
+    describe = getattr(engine.upstream, "describe", None)
+    if describe is not None:  # an edge: where the stream is relayed from
+        detail["upstream"] = describe(stream.key)
     detail["subscribers"] = sorted(
         ({"protocol": _API_PROTOCOL.get(s.protocol, s.protocol), "peer": s.peer,
           "delivered_frames": s.delivered, "dropped_frames": s.dropped}
