@@ -107,6 +107,12 @@ def test_publish_relay_play_spans_form_one_story(redis_server: RedisServer,
     assert [link.context.span_id for link in play.links] == [relay.context.span_id]
     assert play.attributes["arcly.play.first_frame_seconds"] < 1.0
     assert any(event.name == "first frame" for event in play.events)
+    handshake = spans["rtmp handshake"]
+    assert handshake.attributes["arcly.handshake.style"] == "simple"
+    assert handshake.attributes["arcly.node.id"] == "o1"
+    auth = [s for s in exporter.get_finished_spans() if s.name.startswith("auth ")]
+    assert {(s.name, s.attributes["arcly.node.id"], s.attributes["arcly.auth.allowed"])
+            for s in auth} >= {("auth publish", "o1", True), ("auth play", "e1", True)}
     claim = spans["ownership claim"]
     assert claim.attributes["arcly.node.id"] == "o1" and claim.attributes["arcly.fencing_token"]
     assert "arcly.end_reason" in publish.attributes

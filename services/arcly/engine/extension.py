@@ -111,6 +111,10 @@ class Observer(Protocol):
         """A subscriber got its first frames ``seconds`` after it subscribed."""
         ...
 
+    def on_handshake(self, protocol: str, peer: str, style: str, seconds: float) -> None:
+        """A client finished its protocol handshake (``style``: e.g. simple/digest)."""
+        ...
+
     def on_play_end(self, key: StreamKey, protocol: str, peer: str, reason: str) -> None: ...
 
     def on_stream_reaped(self, key: StreamKey) -> None: ...
@@ -163,6 +167,9 @@ class NullObserver:
 
     def on_play_first_frame(self, key: StreamKey, protocol: str, peer: str,
                             seconds: float) -> None:
+        pass
+
+    def on_handshake(self, protocol: str, peer: str, style: str, seconds: float) -> None:
         pass
 
     def on_play_end(self, key: StreamKey, protocol: str, peer: str, reason: str) -> None:

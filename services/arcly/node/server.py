@@ -108,7 +108,7 @@ def _listeners(config: NodeConfig, engine: Engine, admission: Admission,
         RtmpSettings(chunk_size=config.chunk_size, max_message_size=config.max_message_size,
                      handshake_timeout=config.handshake_timeout,
                      command_timeout=config.command_timeout),
-        admission=admission)]
+        admission=admission, observer=lambda: engine.observer)]
     hls = None
     if config.hls:
         hls = HlsService(engine, HlsSettings(segment_seconds=config.hls_segment_seconds,
@@ -183,8 +183,9 @@ async def run_node(role: str, config: NodeConfig, shutdown: ShutdownToken | None
             if isinstance(handler, RelayServer):
                 handler.trace_context = observer.traceparent
     handlers = _listeners(config, engine, admission, identity) + extra
-    unprotected = isinstance(engine.auth, AllowAll) or (
-        isinstance(engine.auth, PerApp) and engine.auth.open)
+    auth_impl = getattr(engine.auth, "inner", engine.auth)  # unwrap telemetry
+    unprotected = isinstance(auth_impl, AllowAll) or (
+        isinstance(auth_impl, PerApp) and auth_impl.open)
     if unprotected and not all(
             _is_loopback(a.host) for a in (config.rtmp_listen, config.http_listen)):
         log.warning("AUTH IS OFF: anyone who can reach this node may publish and play "
@@ -239,6 +240,7 @@ def _observe(engine: Engine, identity: dict[str, str], registry: RedisRegistry |
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 
+    engine.auth = otel.TracedAuth(engine.auth, node_id=identity["id"])
     observer = otel.OtelObserver(
         engine, node_id=identity["id"], role=identity["role"],
         remote_parent=upstream.trace_parents.get if upstream is not None else None,

@@ -28,6 +28,10 @@ class LoggingObserver:
         log.debug("first frames stream=%s protocol=%s peer=%s after_ms=%.1f", key, protocol,
                   peer, seconds * 1000)
 
+    def on_handshake(self, protocol: str, peer: str, style: str, seconds: float) -> None:
+        log.debug("%s handshake peer=%s style=%s ms=%.1f", protocol, peer, style,
+                  seconds * 1000)
+
     def on_play_end(self, key: StreamKey, protocol: str, peer: str, reason: str) -> None:
         log.info("play end stream=%s protocol=%s peer=%s reason=%r", key, protocol, peer, reason)
 
@@ -65,6 +69,9 @@ class CompositeObserver:
     def on_play_first_frame(self, key: StreamKey, protocol: str, peer: str,
                             seconds: float) -> None:
         self._each("on_play_first_frame", key, protocol, peer, seconds)
+
+    def on_handshake(self, protocol: str, peer: str, style: str, seconds: float) -> None:
+        self._each("on_handshake", protocol, peer, style, seconds)
 
     def on_play_end(self, key: StreamKey, protocol: str, peer: str, reason: str) -> None:
         self._each("on_play_end", key, protocol, peer, reason)

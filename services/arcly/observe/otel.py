@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable
 
 from opentelemetry import context, metrics, trace
@@ -29,7 +30,15 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.propagate import extract, inject
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
-from arcly.engine import Engine, NullObserver, StreamKey
+from arcly.engine import (
+    AuthError,
+    AuthGrant,
+    AuthProvider,
+    AuthRequest,
+    Engine,
+    NullObserver,
+    StreamKey,
+)
 
 log = logging.getLogger("arcly.observe")
 
@@ -219,8 +228,48 @@ class OtelObserver(NullObserver):
                 span.set_status(Status(StatusCode.ERROR, reason))
             span.end()
 
+    def on_handshake(self, protocol: str, peer: str, style: str, seconds: float) -> None:
+        end = time.time_ns()
+        span = self.tracer.start_span(f"{protocol} handshake", context=context.Context(),
+                                      start_time=end - int(seconds * 1e9), attributes={
+                                          "arcly.node.id": self.node_id,
+                                          "network.protocol.name": protocol,
+                                          "arcly.handshake.style": style,
+                                          "client.address": peer.rpartition(":")[0] or peer})
+        span.end(end_time=end)
+
     def on_stream_reaped(self, key: StreamKey) -> None:
         self.reaped.add(1)
 
     def on_viewer_skipped(self, key: StreamKey, protocol: str, peer: str, dropped: int) -> None:
         self.skips.add(1, {"network.protocol.name": protocol})
+
+
+class TracedAuth:
+    """Wraps an ``AuthProvider``: a short span per decision (allowed, refused, takeover)."""
+
+    def __init__(self, inner: AuthProvider, *, node_id: str) -> None:
+        self.inner = inner
+        self.node_id = node_id
+        self.tracer = trace.get_tracer("arcly.auth")
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)  # e.g. PerApp.webhooks, PerApp.open
+
+    async def authorize(self, request: AuthRequest) -> AuthGrant | None:
+        attributes = {"arcly.stream.key": str(request.key), "arcly.node.id": self.node_id,
+                      "arcly.auth.action": request.action.value,
+                      "network.protocol.name": request.protocol,
+                      "arcly.auth.provider": type(self.inner).__name__}
+        with self.tracer.start_as_current_span(f"auth {request.action.value}",
+                                               context=context.Context(),
+                                               attributes=attributes) as span:
+            try:
+                grant = await self.inner.authorize(request)
+            except AuthError as exc:
+                span.set_attribute("arcly.auth.allowed", False)
+                span.set_status(Status(StatusCode.ERROR, str(exc)))
+                raise
+            span.set_attribute("arcly.auth.allowed", True)
+            span.set_attribute("arcly.auth.takeover", bool(grant and grant.takeover))
+            return grant

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
@@ -20,6 +21,7 @@ from arcly.engine import (
     AuthRequest,
     Frame,
     InvalidStreamKey,
+    Observer,
     ProtocolError,
     PublishHandle,
     PublishRegistry,
@@ -73,8 +75,10 @@ class RtmpServer:
     name = "rtmp"
 
     def __init__(self, host: str, port: int, settings: RtmpSettings | None = None, *,
-                 admission: Admission | None = None) -> None:
+                 admission: Admission | None = None,
+                 observer: Callable[[], Observer] | None = None) -> None:
         self.admission = admission or Admission()
+        self.observer = observer
         self.publishers = 0
         self.host = host
         self.port = port
@@ -131,6 +135,7 @@ class _Session:
         self.publishing: dict[int, tuple[StreamKey, PublishHandle]] = {}
         self.playing: dict[int, tuple[Subscription, asyncio.Task[None]]] = {}
         self.closing: str | None = None
+        self.started = 0.0
         self.watchers: set[asyncio.Task[None]] = set()
         transport = writer.transport
         transport.set_write_buffer_limits(high=self.settings.write_buffer_high)
@@ -143,7 +148,7 @@ class _Session:
     async def run(self) -> None:
         reason = "client closed"
         loop = asyncio.get_running_loop()
-        started = loop.time()
+        started = self.started = loop.time()
         try:
             async with asyncio.timeout(self.settings.handshake_timeout):
                 while self.conn.state is not State.OPEN:
@@ -196,9 +201,10 @@ class _Session:
                 await self._play(event)
             elif isinstance(event, StreamClosed):
                 await self._close_stream(event.stream_id, event.command)
-            elif isinstance(event, HandshakeDone):
-                log.debug("rtmp handshake peer=%s style=%s", self.peer,
-                          "digest" if event.digest else "simple")
+            elif isinstance(event, HandshakeDone) and self.server.observer is not None:
+                self.server.observer().on_handshake(
+                    "rtmp", self.peer, "digest" if event.digest else "simple",
+                    asyncio.get_running_loop().time() - self.started)
 
     async def _admit(self, action: Action, name: str,
                      query: str) -> tuple[StreamKey, AuthGrant | None]:
