@@ -120,6 +120,10 @@ class OtelObserver(NullObserver):
         self.skips = meter.create_counter(
             "arcly.viewer.skips", unit="{skip}",
             description="times a slow viewer skipped to the next keyframe")
+        self.dropped = meter.create_counter(
+            "arcly.viewer.dropped_frames", unit="{frame}",
+            description="frames not delivered to viewers that fell behind")
+        self._dropped_seen: dict[tuple[StreamKey, str, str], int] = {}
         meter.create_observable_counter("arcly.stream.bytes_in", [self._bytes_in], unit="By",
                                         description="bytes received per live stream")
         meter.create_observable_counter("arcly.stream.frames_in", [self._frames_in],
@@ -221,6 +225,7 @@ class OtelObserver(NullObserver):
         if protocol in _INTERNAL:
             return
         self.viewers.add(-1, {"network.protocol.name": protocol})
+        self._dropped_seen.pop((key, protocol, peer), None)
         span = self._plays.pop((key, protocol, peer), None)
         if span is not None:
             span.set_attribute("arcly.end_reason", reason)
@@ -242,7 +247,11 @@ class OtelObserver(NullObserver):
         self.reaped.add(1)
 
     def on_viewer_skipped(self, key: StreamKey, protocol: str, peer: str, dropped: int) -> None:
-        self.skips.add(1, {"network.protocol.name": protocol})
+        attributes = {"network.protocol.name": protocol}
+        self.skips.add(1, attributes)
+        viewer = (key, protocol, peer)
+        self.dropped.add(max(0, dropped - self._dropped_seen.get(viewer, 0)), attributes)
+        self._dropped_seen[viewer] = dropped
 
 
 class TracedAuth:
