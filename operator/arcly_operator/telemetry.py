@@ -1,37 +1,22 @@
 """OpenTelemetry for the operator: one span per reconcile action, counters for what it did.
 
 Uses the OpenTelemetry API; with no SDK configured (no ``OTEL_EXPORTER_OTLP_ENDPOINT``) it is a
-no-op. With an endpoint set and the OTLP exporter installed, spans and metrics are exported.
+no-op. With an endpoint set, spans and metrics are exported over OTLP like the nodes'.
 """
 
 from __future__ import annotations
 
-import logging
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from opentelemetry import metrics, trace
 
-log = logging.getLogger("arcly.operator")
+from arcly.observe import otel
 
 
 def configure() -> None:
-    """Install the SDK exporters when an OTLP endpoint is configured."""
-    if not os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or \
-            os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
-        return
-    try:
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
-    except ImportError:
-        log.warning("OTLP exporter not installed; operator telemetry stays local")
-        return
-    provider = TracerProvider(resource=Resource.create({"service.name": "arcly-operator"}))
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    trace.set_tracer_provider(provider)
+    """Install the SDK exporters when an OTLP endpoint is configured (shared with the nodes)."""
+    otel.configure("arcly-operator", {"arcly.node.role": "operator"})
 
 
 class Telemetry:
