@@ -176,5 +176,6 @@ def test_a_real_node_exports_spans_and_metrics_over_otlp_grpc(
     assert any(r.get("service.name") == "arcly-single" and r.get("deployment") == "test"
                and r.get("arcly.node.role") == "single" for r in collector.resources)
     assert {"arcly.publishers", "arcly.viewers", "arcly.stream.bytes_in",
-            "arcly.gop_cache.size", "arcly.play.time_to_first_frame"} <= collector.metric_names
+            "arcly.gop_cache.size", "arcly.play.time_to_first_frame", "arcly.stream.bytes_out",
+            "arcly.stream.frames_out"} <= collector.metric_names
 

@@ -31,11 +31,13 @@ class Stream:
     __slots__ = (
         "_fanout",
         "bytes_in",
+        "bytes_out",
         "clock",
         "config",
         "end_reason",
         "ended",
         "frames_in",
+        "frames_out",
         "gop",
         "key",
         "last_frame_at",
@@ -68,6 +70,8 @@ class Stream:
         self.last_frame_at = self.started_at
         self.frames_in = 0
         self.bytes_in = 0
+        self.frames_out = 0  # handed to subscribers (summed per batch, not per frame)
+        self.bytes_out = 0
         self.ended = ShutdownToken()
         self.end_reason = ""
 
@@ -150,6 +154,7 @@ class Subscription:
     """
 
     __slots__ = (
+        "_burst_bytes",
         "_finished",
         "_first_delivered",
         "_max_bytes",
@@ -180,6 +185,7 @@ class Subscription:
         # The start burst is bounded by the GOP cache caps, so it does not count against ours.
         self._pending: list[Frame] = stream.gop.snapshot()
         self._pending_bytes = 0
+        self._burst_bytes = sum(len(f.payload) for f in self._pending)  # for bytes_out only
         self._waiter: asyncio.Future[None] | None = None
         self._skipping = False
         self._skips: list[float] = []
@@ -267,12 +273,15 @@ class Subscription:
             finally:
                 self._waiter = None
         batch = self._pending
+        stream = self.stream
+        stream.frames_out += len(batch)
+        stream.bytes_out += self._pending_bytes + self._burst_bytes
+        self._burst_bytes = 0
         self._pending = []
         self._pending_bytes = 0
         self.delivered += len(batch)
         if not self._first_delivered:  # once per subscription, not per frame
             self._first_delivered = True
-            stream = self.stream
             stream.observer.on_play_first_frame(stream.key, self.protocol, self.peer,
                                                 stream.clock() - self._subscribed_at)
         return batch

@@ -54,6 +54,8 @@ def stream_summary(engine: Engine, stream: Stream) -> dict[str, Any]:
         "uptime_seconds": round(uptime, 3),
         "frames_in": stream.frames_in,
         "bytes_in": stream.bytes_in,
+        "frames_out": stream.frames_out,
+        "bytes_out": stream.bytes_out,
         "gop_cache_bytes": stream.gop.bytes,
     }
 

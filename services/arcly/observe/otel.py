@@ -128,6 +128,11 @@ class OtelObserver(NullObserver):
                                         description="bytes received per live stream")
         meter.create_observable_counter("arcly.stream.frames_in", [self._frames_in],
                                         unit="{frame}", description="frames per live stream")
+        meter.create_observable_counter("arcly.stream.bytes_out", [self._bytes_out], unit="By",
+                                        description="bytes handed to subscribers per stream")
+        meter.create_observable_counter("arcly.stream.frames_out", [self._frames_out],
+                                        unit="{frame}",
+                                        description="frames handed to subscribers per stream")
         meter.create_observable_gauge("arcly.gop_cache.size", [self._gop_bytes], unit="By",
                                       description="GOP cache bytes per live stream")
         if relay_lag is not None:
@@ -147,6 +152,12 @@ class OtelObserver(NullObserver):
 
     def _frames_in(self, _: CallbackOptions) -> Iterable[Observation]:
         return self._per_stream(lambda s: s.frames_in)
+
+    def _bytes_out(self, _: CallbackOptions) -> Iterable[Observation]:
+        return self._per_stream(lambda s: s.bytes_out)
+
+    def _frames_out(self, _: CallbackOptions) -> Iterable[Observation]:
+        return self._per_stream(lambda s: s.frames_out)
 
     def _gop_bytes(self, _: CallbackOptions) -> Iterable[Observation]:
         return self._per_stream(lambda s: s.gop.bytes)

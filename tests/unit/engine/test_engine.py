@@ -348,3 +348,16 @@ async def test_idle_reaper_task_sweeps_and_stops_on_shutdown() -> None:
     token.cancel()
     await asyncio.wait_for(task, 5)
     assert task.done() and engine.stream(KEY) is None
+
+
+async def test_frames_and_bytes_out_count_what_subscribers_took() -> None:
+    engine = Engine()
+    handle = await engine.start_publish(KEY)
+    handle.publish_frame(video(0, key=True))  # cached: the next viewer's start burst
+    viewers = [await engine.subscribe(KEY) for _ in range(3)]
+    handle.publish_frame(video(40))
+    for viewer in viewers:
+        await viewer.next_batch()
+    stream = engine.stream(KEY)
+    assert stream is not None
+    assert stream.frames_out == 6 and stream.bytes_out == 6 * 102
