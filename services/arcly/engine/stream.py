@@ -1,14 +1,23 @@
 """A live stream: one publisher, a GOP cache and the fan-out to its subscribers.
 
-Fan-out is single-writer and allocation-light: ``publish_frame`` appends a reference to the
-same ``Frame`` to each subscriber's pending list and wakes it if it sleeps. It never awaits and
-never copies payload bytes. A subscriber whose pending frames exceed its cap drops them and
-skips to the next keyframe; one that keeps falling behind is disconnected.
+Fan-out is single-writer and allocation-light; it never awaits and never copies payload bytes.
+Subscribers come in two kinds:
+
+* pushed (the default): ``publish_frame`` appends a reference to the same ``Frame`` to each
+  subscriber's pending list and wakes it if it sleeps;
+* paced (``Subscription.pace()``, for writers on a timer such as the viewers of
+  ``arcly.protocols.egress``): ``publish_frame`` appends the frame once to the stream's shared
+  ``FrameLog`` and each paced subscriber only keeps a cursor into it, so a frame costs the same
+  for one paced viewer as for ten thousand, and viewers in step share one span of the log.
+
+Either way a subscriber whose backlog exceeds its cap drops it and skips to the next keyframe;
+one that keeps falling behind is disconnected.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -25,11 +34,63 @@ if TYPE_CHECKING:
 Clock = Callable[[], float]
 
 
+class FrameLog:
+    """The recent frames of a stream, shared by its paced subscribers.
+
+    Frames are numbered from the start of the publish; ``frames[0]`` is number ``base``.
+    ``offsets[i]`` is the payload bytes before ``frames[i]`` (the last entry is the total), so
+    a subscriber's backlog in bytes is one subtraction. The stream trims frames every paced
+    subscriber has passed, and frames past the backlog caps (whoever still needed those fell
+    behind and skips to the next keyframe).
+    """
+
+    __slots__ = ("base", "frames", "offsets", "trim_at")
+
+    TRIM_EVERY = 64  # frames between trims: bounded slack, amortised cost
+
+    def __init__(self) -> None:
+        self.base = 0
+        self.frames: list[Frame] = []
+        self.offsets: list[int] = [0]
+        self.trim_at = self.TRIM_EVERY
+
+    @property
+    def end(self) -> int:
+        """The number the next frame will get."""
+        return self.base + len(self.frames)
+
+    def append(self, frame: Frame) -> None:
+        self.frames.append(frame)
+        self.offsets.append(self.offsets[-1] + len(frame.payload))
+
+    def span(self, start: int, end: int) -> list[Frame]:
+        base = self.base
+        return self.frames[start - base:end - base]
+
+    def bytes_from(self, start: int) -> int:
+        return self.offsets[-1] - self.offsets[start - self.base]
+
+    def trim(self, upto: int) -> None:
+        count = min(upto, self.end) - self.base
+        if count > 0:
+            del self.frames[:count]
+            del self.offsets[:count]
+            self.base += count
+        self.trim_at = len(self.frames) + self.TRIM_EVERY
+
+    def floor(self, max_frames: int, max_bytes: int) -> int:
+        """The oldest frame number within both backlog caps."""
+        offsets = self.offsets
+        by_bytes = bisect.bisect_left(offsets, offsets[-1] - max_bytes)
+        return self.base + max(len(self.frames) - max_frames, by_bytes)
+
+
 class Stream:
     """Everything the kernel knows about one live key."""
 
     __slots__ = (
         "_fanout",
+        "_paced",
         "bytes_in",
         "bytes_out",
         "clock",
@@ -41,6 +102,7 @@ class Stream:
         "gop",
         "key",
         "last_frame_at",
+        "log",
         "observer",
         "peer",
         "protocol",
@@ -66,6 +128,8 @@ class Stream:
         # Copy-on-write snapshot of ``subscribers``: rebuilt when a viewer joins or leaves (rare),
         # iterated per frame (often) — so a viewer cut mid-fan-out cannot disturb the loop.
         self._fanout: tuple[Subscription, ...] = ()
+        self._paced: set[Subscription] = set()
+        self.log = FrameLog()
         self.started_at = clock()
         self.last_frame_at = self.started_at
         self.frames_in = 0
@@ -85,17 +149,40 @@ class Stream:
                 # Stamped once, before any viewer can see the frame; immutable from here on.
                 object.__setattr__(frame, "mark", mark)
         self.gop.add(frame)
+        if self._paced:
+            log = self.log
+            log.append(frame)
+            if len(log.frames) >= log.trim_at:
+                self._trim_log()
         for sub in self._fanout:
             sub.push(frame)
 
+    def _trim_log(self) -> None:
+        cfg = self.config
+        log = self.log
+        oldest_needed = min(sub._cursor for sub in self._paced)
+        log.trim(max(oldest_needed,
+                     log.floor(cfg.viewer_backlog_frames, cfg.viewer_backlog_bytes)))
+
     def add_subscriber(self, sub: Subscription) -> None:
         self.subscribers.add(sub)
-        self._fanout = tuple(self.subscribers)
+        self._fanout = tuple(s for s in self.subscribers if s not in self._paced)
+
+    def pace(self, sub: Subscription) -> None:
+        """Move ``sub`` from pushed to paced delivery (see the module docstring)."""
+        if sub in self.subscribers and sub not in self._paced:
+            if not self._paced:
+                self.log.trim(self.log.end)  # nobody read it: start empty
+            self._paced.add(sub)
+            self._fanout = tuple(s for s in self.subscribers if s not in self._paced)
 
     def remove_subscriber(self, sub: Subscription) -> None:
         if sub in self.subscribers:
             self.subscribers.discard(sub)
-            self._fanout = tuple(self.subscribers)
+            self._paced.discard(sub)
+            self._fanout = tuple(s for s in self.subscribers if s not in self._paced)
+            if not self._paced:
+                self.log.trim(self.log.end)
 
     def end(self, reason: str) -> None:
         if self.ended.cancelled:
@@ -150,11 +237,13 @@ class Subscription:
 
     Iterate with ``await next_batch()``: it returns every frame pending since the last call (the
     first batch is the configuration and cached GOP), or an empty list once the stream ended and
-    everything was delivered. Always ``close()`` it (or use ``async with``).
+    everything was delivered. A writer on a timer calls ``take()`` instead, which never waits,
+    and checks ``finished``. Always ``close()`` it (or use ``async with``).
     """
 
     __slots__ = (
         "_burst_bytes",
+        "_cursor",
         "_finished",
         "_first_delivered",
         "_max_bytes",
@@ -187,6 +276,7 @@ class Subscription:
         self._pending_bytes = 0
         self._burst_bytes = sum(len(f.payload) for f in self._pending)  # for bytes_out only
         self._waiter: asyncio.Future[None] | None = None
+        self._cursor = -1  # paced: the number of the next log frame due; -1: pushed
         self._skipping = False
         self._skips: list[float] = []
         self._finished = False
@@ -205,6 +295,22 @@ class Subscription:
     @property
     def pending_bytes(self) -> int:
         return self._pending_bytes
+
+    @property
+    def has_pending(self) -> bool:
+        return bool(self._pending) or 0 <= self._cursor < self.stream.log.end
+
+    @property
+    def paced(self) -> bool:
+        return self._cursor >= 0
+
+    def pace(self) -> None:
+        """Switch to paced delivery: no per-frame push from now on; ``take()`` and
+        ``take_span()`` read the stream's shared log. Frames already pending come first."""
+        if self._cursor >= 0 or self._finished:
+            return
+        self.stream.pace(self)
+        self._cursor = self.stream.log.end
 
     def push(self, frame: Frame) -> None:
         if self._finished:
@@ -229,6 +335,38 @@ class Subscription:
             return frame.keyframe
         return frame.kind is FrameKind.AUDIO and not self.stream.gop.has_video
 
+    def _read_log(self) -> None:
+        """Paced: move the log frames due into ``_pending``."""
+        log = self.stream.log
+        start = self._cursor
+        end = log.end
+        if start >= end:
+            return
+        if start < log.base:
+            # The log was trimmed past us (we were over a backlog cap): skip to a keyframe,
+            # with the stream's current configuration in case what we missed changed it.
+            self.dropped += log.base - start
+            start = self._cursor = log.base
+            self._fall_behind()
+            if self._finished and self.close_reason == "slow viewer":
+                return
+            self._pending.extend(self.stream.gop.configuration())
+        frames = log.span(start, end)
+        self._cursor = end
+        if not self._skipping:
+            self._pending.extend(frames)
+            self._pending_bytes += log.bytes_from(start)
+            return
+        for frame in frames:
+            if self._skipping:
+                if self._resumes_at(frame):
+                    self._skipping = False
+                elif not frame.config:
+                    self.dropped += 1
+                    continue
+            self._pending.append(frame)
+            self._pending_bytes += len(frame.payload)
+
     def _fall_behind(self) -> None:
         """Drop what is pending (keeping configuration) and wait for the next keyframe."""
         kept = [f for f in self._pending if f.config]
@@ -251,6 +389,10 @@ class Subscription:
         self._finished = True
         self.close_reason = reason
         self.done.cancel()
+        if self._cursor >= 0:
+            if reason != "slow viewer":
+                self._read_log()  # what was published so far is still delivered
+            self._cursor = -1
         if reason == "slow viewer":
             self._pending = []
             self._pending_bytes = 0
@@ -272,7 +414,36 @@ class Subscription:
                 await self._waiter
             finally:
                 self._waiter = None
+        return self.take()
+
+    def take_span(self) -> tuple[int, int] | None:
+        """Paced and in step with the stream: the span ``[start, end)`` of the stream's log
+        due now (possibly empty), the cursor moved past it. ``None`` when what is due is not
+        just a span of the log (a start burst or kept configuration pending, skipping to a
+        keyframe, fallen behind, not paced): call ``take()`` then. Viewers in step get equal
+        spans, so their writer can encode a span once and share the bytes."""
+        start = self._cursor
+        log = self.stream.log
+        if self._pending or self._skipping or start < log.base:
+            return None
+        end = log.base + len(log.frames)
+        if end > start:
+            self._cursor = end
+            count = end - start
+            stream = self.stream
+            stream.frames_out += count
+            stream.bytes_out += log.bytes_from(start)
+            self.delivered += count
+        return start, end
+
+    def take(self) -> list[Frame]:
+        """Every frame pending now (possibly none), without waiting: for writers that pace
+        themselves (see ``arcly.protocols.egress``) instead of waking on every frame."""
+        if self._cursor >= 0:
+            self._read_log()
         batch = self._pending
+        if not batch:
+            return []
         stream = self.stream
         stream.frames_out += len(batch)
         stream.bytes_out += self._pending_bytes + self._burst_bytes

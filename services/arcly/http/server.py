@@ -28,7 +28,7 @@ from arcly.engine import (
     Subscription,
 )
 from arcly.media import flv
-from arcly.protocols.egress import deliver, limit_send_buffer
+from arcly.protocols.egress import DEFAULT_COALESCE, deliver, limit_send_buffer
 from arcly.protocols.listener import (
     Admission,
     close_writer,
@@ -62,6 +62,7 @@ class HttpSettings:
     write_buffer_high: int = 512 * 1024
     stall_timeout: float = 10.0
     viewer_send_buffer: int = 256 * 1024
+    write_coalesce: float = DEFAULT_COALESCE  # 0: write every frame the moment it arrives
 
 
 class HttpServer:
@@ -345,7 +346,8 @@ class HttpServer:
             writer.write(flv.file_header(audio=gop.audio_config is not None or not gop.has_video,
                                          video=gop.has_video or gop.audio_config is None))
             reason = await deliver(sub, writer, flv.frame_tag,
-                                   stall_timeout=self.settings.stall_timeout)
+                                   stall_timeout=self.settings.stall_timeout,
+                                   coalesce=self.settings.write_coalesce)
             if not writer.transport.is_closing():
                 await writer.drain()
         finally:

@@ -74,6 +74,7 @@ class NodeConfig:
     max_viewers_per_stream: int = 10_000
     handshake_timeout: float = 10.0
     command_timeout: float = 10.0
+    write_coalesce_ms: float = 100.0
 
 
 def _positive_float_or_off(text: str) -> float | None:
@@ -103,6 +104,13 @@ def _positive_float(text: str) -> float:
     value = float(text)
     if value <= 0:
         raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value > 1000:
+        raise argparse.ArgumentTypeError("must be between 0 and 1000")
     return value
 
 
@@ -164,6 +172,8 @@ _OPTIONS: list[tuple[str, object, str]] = [
      "seconds an RTMP client has for its handshake, an HTTP client for its request head"),
     ("--command-timeout", _positive_float,
      "seconds an RTMP client has from connecting to publish/play"),
+    ("--write-coalesce-ms", _non_negative_float,
+     "merge a viewer's frames into one write per this many ms (0: write each frame at once)"),
 ]
 
 

@@ -107,7 +107,8 @@ def _listeners(config: NodeConfig, engine: Engine, admission: Admission,
         config.rtmp_listen.host, config.rtmp_listen.port,
         RtmpSettings(chunk_size=config.chunk_size, max_message_size=config.max_message_size,
                      handshake_timeout=config.handshake_timeout,
-                     command_timeout=config.command_timeout),
+                     command_timeout=config.command_timeout,
+                     write_coalesce=config.write_coalesce_ms / 1000),
         admission=admission, observer=lambda: engine.observer)]
     hls = None
     if config.hls:
@@ -121,8 +122,10 @@ def _listeners(config: NodeConfig, engine: Engine, admission: Admission,
             hls=config.record_hls, segment_seconds=config.hls_segment_seconds))
         engine.observer = CompositeObserver([engine.observer, recorder])
         handlers.append(recorder)
+    http_settings = HttpSettings(header_timeout=config.handshake_timeout,
+                                 write_coalesce=config.write_coalesce_ms / 1000)
     handlers.append(HttpServer(config.http_listen.host, config.http_listen.port,
-                               HttpSettings(header_timeout=config.handshake_timeout), hls=hls,
+                               http_settings, hls=hls,
                                engine=engine, admission=admission, node=identity,
                                api_token=config.api_token))
     return handlers

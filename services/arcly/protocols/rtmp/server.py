@@ -32,7 +32,7 @@ from arcly.engine import (
     Subscription,
 )
 from arcly.media.flv import make_frame
-from arcly.protocols.egress import deliver, limit_send_buffer
+from arcly.protocols.egress import DEFAULT_COALESCE, deliver, limit_send_buffer
 from arcly.protocols.listener import (
     Admission,
     close_writer,
@@ -67,6 +67,7 @@ class RtmpSettings:
     stall_timeout: float = 10.0
     viewer_send_buffer: int = 256 * 1024
     read_size: int = 256 * 1024
+    write_coalesce: float = DEFAULT_COALESCE  # 0: write every frame the moment it arrives
 
 
 class RtmpServer:
@@ -315,7 +316,8 @@ class _Session:
                 frame.encodings[enc_key] = data
             return data
 
-        reason = await deliver(sub, self.writer, encode, stall_timeout=self.settings.stall_timeout)
+        reason = await deliver(sub, self.writer, encode, stall_timeout=self.settings.stall_timeout,
+                               coalesce=self.settings.write_coalesce, share=enc_key)
         sub.close(reason)
         if self.closing is None:
             if sub.stream.ended.cancelled:
