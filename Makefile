@@ -19,7 +19,7 @@ STATIC := services/arcly/http/static
 PROTOS := protos/arcly/relay/v1/relay.proto
 
 .PHONY: run test lint fmt clean venv deps tools static browser proto proto-check bench bench-relay \
-        chart-lint image fuzz bench-observer
+        chart-lint image fuzz bench-observer bench-peers bench-streaming
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -107,7 +107,25 @@ fuzz: $(STAMP_DEV)
 	done
 
 ## Benchmarks (never part of 'make test'): results in bench/results/.
-bench: bench-relay bench-observer
+bench: bench-streaming bench-relay bench-observer
+
+## The peers of the fan-out/ingest benchmark: nginx-rtmp (Debian) and node-media-server (npm).
+NMS_DIR := build/bench/nms
+bench-peers:
+	@{ command -v nginx >/dev/null && [ -f /usr/lib/nginx/modules/ngx_rtmp_module.so ]; } || { \
+	  echo "installing Debian's nginx-core + libnginx-mod-rtmp"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq nginx-core libnginx-mod-rtmp >/dev/null; }
+	@[ -d $(NMS_DIR)/node_modules/node-media-server ] || { \
+	  command -v npm >/dev/null || { echo "npm not found (needed for node-media-server)"; exit 1; }; \
+	  mkdir -p $(NMS_DIR) && cp bench/nms/package.json $(NMS_DIR)/ && \
+	  (cd $(NMS_DIR) && npm install --silent --no-audit --no-fund); }
+
+## Fan-out (1/200/1000 viewers, RTMP + HTTP-FLV) and ingest (1/20/100 publishers) against the
+## peers; BENCH_STREAMING_ARGS e.g. "--viewers 200 --servers arcly,node-media-server".
+bench-streaming: tools bench-peers
+	$(PY) bench/streaming.py $(BENCH_STREAMING_ARGS)
 
 bench-relay: tools
 	$(PY) bench/relay.py $(BENCH_ARGS)
