@@ -132,7 +132,8 @@ async def main(levels: list[int], seconds: float, out: Path) -> None:
         make_source(source)
     tags = load_tags(source)
     redis = RedisServer()
-    common = ["--redis-url", redis.url, "--no-hls",
+    # Viewers write each frame at once here (no pacing): the hop itself is what is measured.
+    common = ["--redis-url", redis.url, "--no-hls", "--write-coalesce-ms", "0",
               "--idle-timeout", "off"]
     env = {"ARCLY_RELAY_TOKEN": TOKEN}
     origin = Node(*common, "--node-id", "bench-origin", role="origin", env=env)
