@@ -162,12 +162,9 @@ async def deliver(sub: Subscription, writer: asyncio.StreamWriter,
     if coalesce <= 0:
         return await _deliver_each(sub, writer, encode, stall_timeout, high)
     # The start burst goes out now: time to first frame is never paced.
-    batch = await sub.next_batch()
-    if not batch:
-        return sub.close_reason or "ended"
-    if transport.is_closing():
-        return "client closed"
-    transport.writelines([encode(frame) for frame in batch])
+    reason = await _write_next(sub, transport, encode)
+    if reason:
+        return reason
     loop = asyncio.get_running_loop()
     timer = pacer(coalesce)
     member = _Paced(sub, transport, encode, encode if share is None else share, high)
@@ -194,16 +191,23 @@ async def _deliver_each(sub: Subscription, writer: asyncio.StreamWriter,
                         high: int) -> str:
     transport = writer.transport
     while True:
-        batch = await sub.next_batch()
-        if not batch:
-            return sub.close_reason or "ended"
-        if transport.is_closing():
-            return "client closed"
-        transport.writelines([encode(frame) for frame in batch])
-        if transport.get_write_buffer_size() > high:
+        reason = await _write_next(sub, transport, encode)
+        if not reason and transport.get_write_buffer_size() > high:
             reason = await _drain(writer, stall_timeout)
-            if reason:
-                return reason
+        if reason:
+            return reason
+
+
+async def _write_next(sub: Subscription, transport: asyncio.WriteTransport,
+                      encode: Callable[[Frame], bytes]) -> str:
+    """Wait for ``sub``'s next batch and write it; the reason to stop, or ''."""
+    batch = await sub.next_batch()
+    if not batch:
+        return sub.close_reason or "ended"
+    if transport.is_closing():
+        return "client closed"
+    transport.writelines([encode(frame) for frame in batch])
+    return ""
 
 
 async def _drain(writer: asyncio.StreamWriter, stall_timeout: float) -> str:

@@ -103,3 +103,20 @@ async def test_blocked_viewer_drains_and_a_stalled_one_is_cut() -> None:
     assert not t1.done()
     blocked.closing = True
     assert await asyncio.wait_for(t1, 2) == "client closed"
+
+
+async def test_coalesce_zero_writes_each_frame_as_it_is_published() -> None:
+    engine = Engine()
+    handle = await engine.start_publish(KEY)
+    handle.publish_frame(video(0, key=True))
+    transport = FakeTransport()
+    task = asyncio.create_task(egress.deliver(await engine.subscribe(KEY), FakeWriter(transport),  # type: ignore[arg-type]
+                                              flv.frame_tag, stall_timeout=5, coalesce=0))
+    await asyncio.sleep(0)
+    for ts in (40, 80):
+        handle.publish_frame(video(ts))
+        await asyncio.sleep(0)
+        assert transport.writes[-1] == flv.frame_tag(video(ts)), "written without waiting"
+    assert len(transport.writes) == 3
+    await engine.end_publish(KEY, "publisher disconnected")
+    assert await asyncio.wait_for(task, 2) == "stream ended: publisher disconnected"
