@@ -144,11 +144,15 @@ class Server:
     def command(self) -> list[str]:
         raise NotImplementedError
 
+    def env(self) -> dict[str, str] | None:
+        return None
+
     def start(self) -> None:
         self.rtmp_port, self.http_port = free_port(), free_port()
         self.log = open(self.workdir / f"{self.name}.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(self.command(), stdout=self.log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+                                     stdin=subprocess.DEVNULL, start_new_session=True,
+                                     env=self.env())
         wait_port(self.rtmp_port, self.proc)
         if "flv" in self.protocols:
             wait_port(self.http_port, self.proc)
@@ -232,9 +236,8 @@ class NodeMediaServer(Server):
         return ["node", str(BENCH / "nms" / "server.js"), str(self.rtmp_port),
                 str(self.http_port), str(media)]
 
-    def start(self) -> None:
-        os.environ["NODE_PATH"] = str(NMS_DIR / "node_modules")
-        super().start()
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "NODE_PATH": str(NMS_DIR / "node_modules")}
 
     @classmethod
     def available(cls) -> str:
@@ -342,26 +345,36 @@ def fanout(server: Server, protocol: str, viewers: int, src: Path,
         stop(client)
         stop(feed)
         server.stop()
-    start, end, summary = marks["window_start"], marks["window_end"], marks["summary"]
-    seconds = end["t"] - start["t"]
-    gbytes = (end["bytes"] - start["bytes"]) / 1e9
-    cpu = end["server_cpu"] - start["server_cpu"]
+    summary = marks["summary"]
     ttff = sorted(summary["ttff_ms"])
-    figures = {
-        "egress_mbps": round(gbytes * 8000 / seconds, 1),
-        "cpu_s_per_gb": round(cpu / gbytes, 3) if gbytes else None,
-        "server_cpu_pct": round(cpu * 100 / seconds, 1),
-        "rss_mib": round(end["server_rss_kib"] / 1024, 1),
-        "rss_growth_kib_per_viewer": round((end["server_rss_kib"] - base_rss) / viewers, 1),
+    figures = _window_figures(marks, "egress_mbps")
+    figures.update({
+        "rss_growth_kib_per_viewer": round(
+            (marks["window_end"]["server_rss_kib"] - base_rss) / viewers, 1),
         "ttff_ms_p50": _pct(ttff, 50), "ttff_ms_p95": _pct(ttff, 95),
         "ttff_ms_max": ttff[-1] if ttff else None,
         "started": len(ttff),
         "valid_start_pct": round(summary["valid_starts"] * 100 / viewers, 1),
+    })
+    return Result(server.name, f"fanout-{protocol}", viewers, figures)
+
+
+def _window_figures(marks: dict[str, Any], rate_name: str) -> dict[str, Any]:
+    """What every run reports from its measured window (bytes moved, server CPU and RSS, the
+    load client's CPU, failures)."""
+    start, end = marks["window_start"], marks["window_end"]
+    seconds = end["t"] - start["t"]
+    gbytes = (end["bytes"] - start["bytes"]) / 1e9
+    cpu = end["server_cpu"] - start["server_cpu"]
+    return {
+        rate_name: round(gbytes * 8000 / seconds, 1),
+        "cpu_s_per_gb": round(cpu / gbytes, 3) if gbytes else None,
+        "server_cpu_pct": round(cpu * 100 / seconds, 1),
+        "rss_mib": round(end["server_rss_kib"] / 1024, 1),
         "connected_at_end": end["connected"],
         "client_cpu_pct": round((end["cpu"] - start["cpu"]) * 100 / seconds, 1),
-        "errors": summary["errors"],
+        "errors": marks["summary"]["errors"],
     }
-    return Result(server.name, f"fanout-{protocol}", viewers, figures)
 
 
 def ingest(server: Server, publishers: int, src: Path, opts: argparse.Namespace) -> Result:
@@ -375,19 +388,7 @@ def ingest(server: Server, publishers: int, src: Path, opts: argparse.Namespace)
     finally:
         stop(client)
         server.stop()
-    start, end, summary = marks["window_start"], marks["window_end"], marks["summary"]
-    seconds = end["t"] - start["t"]
-    gbytes = (end["bytes"] - start["bytes"]) / 1e9
-    cpu = end["server_cpu"] - start["server_cpu"]
-    figures = {
-        "ingress_mbps": round(gbytes * 8000 / seconds, 1),
-        "cpu_s_per_gb": round(cpu / gbytes, 3) if gbytes else None,
-        "server_cpu_pct": round(cpu * 100 / seconds, 1),
-        "rss_mib": round(end["server_rss_kib"] / 1024, 1),
-        "connected_at_end": end["connected"],
-        "client_cpu_pct": round((end["cpu"] - start["cpu"]) * 100 / seconds, 1),
-        "errors": summary["errors"],
-    }
+    figures = _window_figures(marks, "ingress_mbps")
     return Result(server.name, "ingest", publishers, figures)
 
 

@@ -164,9 +164,12 @@ class Stream:
         log.trim(max(oldest_needed,
                      log.floor(cfg.viewer_backlog_frames, cfg.viewer_backlog_bytes)))
 
+    def _refresh_fanout(self) -> None:
+        self._fanout = tuple(s for s in self.subscribers if s not in self._paced)
+
     def add_subscriber(self, sub: Subscription) -> None:
         self.subscribers.add(sub)
-        self._fanout = tuple(s for s in self.subscribers if s not in self._paced)
+        self._refresh_fanout()
 
     def pace(self, sub: Subscription) -> None:
         """Move ``sub`` from pushed to paced delivery (see the module docstring)."""
@@ -174,13 +177,13 @@ class Stream:
             if not self._paced:
                 self.log.trim(self.log.end)  # nobody read it: start empty
             self._paced.add(sub)
-            self._fanout = tuple(s for s in self.subscribers if s not in self._paced)
+            self._refresh_fanout()
 
     def remove_subscriber(self, sub: Subscription) -> None:
         if sub in self.subscribers:
             self.subscribers.discard(sub)
             self._paced.discard(sub)
-            self._fanout = tuple(s for s in self.subscribers if s not in self._paced)
+            self._refresh_fanout()
             if not self._paced:
                 self.log.trim(self.log.end)
 
@@ -297,10 +300,6 @@ class Subscription:
         return self._pending_bytes
 
     @property
-    def has_pending(self) -> bool:
-        return bool(self._pending) or 0 <= self._cursor < self.stream.log.end
-
-    @property
     def paced(self) -> bool:
         return self._cursor >= 0
 
@@ -315,13 +314,8 @@ class Subscription:
     def push(self, frame: Frame) -> None:
         if self._finished:
             return
-        if self._skipping:
-            if not self._resumes_at(frame):
-                if not frame.config:
-                    self.dropped += 1
-                    return
-            else:
-                self._skipping = False
+        if self._skipping and not self._passes_skip(frame):
+            return
         self._pending.append(frame)
         self._pending_bytes += len(frame.payload)
         if len(self._pending) > self._max_frames or self._pending_bytes > self._max_bytes:
@@ -329,6 +323,17 @@ class Subscription:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def _passes_skip(self, frame: Frame) -> bool:
+        """While skipping to a keyframe: does ``frame`` get through (the keyframe that ends the
+        skip, or configuration)? Counts the ones dropped."""
+        if self._resumes_at(frame):
+            self._skipping = False
+            return True
+        if frame.config:
+            return True
+        self.dropped += 1
+        return False
 
     def _resumes_at(self, frame: Frame) -> bool:
         if frame.kind is FrameKind.VIDEO:
@@ -358,14 +363,9 @@ class Subscription:
             self._pending_bytes += log.bytes_from(start)
             return
         for frame in frames:
-            if self._skipping:
-                if self._resumes_at(frame):
-                    self._skipping = False
-                elif not frame.config:
-                    self.dropped += 1
-                    continue
-            self._pending.append(frame)
-            self._pending_bytes += len(frame.payload)
+            if not self._skipping or self._passes_skip(frame):
+                self._pending.append(frame)
+                self._pending_bytes += len(frame.payload)
 
     def _fall_behind(self) -> None:
         """Drop what is pending (keeping configuration) and wait for the next keyframe."""
