@@ -8,6 +8,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +16,9 @@ from arcly.media import amf0, flv
 from arcly.protocols.rtmp import chunk
 from arcly.protocols.rtmp.chunk import encode_message
 from tests.support.flv_reader import HttpFlvReader
+from tests.support.media import load_tags
 from tests.support.processes import FfmpegPublisher, Node
+from tests.support.rtmp_client import RtmpClient
 
 pytestmark = pytest.mark.integration
 
@@ -145,4 +148,56 @@ def test_malformed_rtmp_input_closes_only_that_connection(
     assert "exceeds the" in text and "cap" in text
     assert "AMF0" in text
     assert "Traceback" not in text
+    assert node.proc.poll() is None
+
+
+def test_publishing_connection_handles_errors_and_unpublish_and_spares_others(
+        node: Node, publish: Callable[[Node, str], FfmpegPublisher], source_flv: Path) -> None:
+    """A publishing connection reads on the fast path (socket callback → kernel): a protocol
+    error there still closes only that connection, and an unpublish in the middle of the
+    media still ends the stream in order."""
+    steady = publish(node, "live/steady")
+    tags = load_tags(source_flv)[:40]
+
+    async def publisher(name: str) -> tuple[RtmpClient, HttpFlvReader]:
+        pub = await RtmpClient.connect("127.0.0.1", node.rtmp, "live")
+        assert (await pub.publish(name)).code == "NetStream.Publish.Start"
+        for tag in tags[:20]:
+            pub.send_media(tag.tag_type, tag.timestamp, tag.body)
+        viewer = await HttpFlvReader.open(node.http, f"/live/{name}.flv")
+        await viewer.read_header()
+        await viewer.next_tag(5)
+        return pub, viewer
+
+    async def drained(viewer: HttpFlvReader) -> None:
+        with pytest.raises(EOFError):
+            while True:
+                await viewer.next_tag(10)
+        await viewer.close()
+
+    async def scenario() -> None:
+        bystander = await HttpFlvReader.open(node.http, "/live/steady.flv")
+        await bystander.read_header()
+        # 1. garbage after media: a chunk size of 0 is a protocol error
+        pub, viewer = await publisher("broken")
+        pub.send(2, chunk.SET_CHUNK_SIZE, 0, struct.pack(">I", 0))
+        with pytest.raises(EOFError):
+            while True:
+                await pub.read_message(10)
+        await drained(viewer)
+        # 2. media, then deleteStream in the same write, then more media: ends in order
+        pub, viewer = await publisher("leaving")
+        pub.send_media(tags[20].tag_type, tags[20].timestamp, tags[20].body)
+        pub.command("deleteStream", None, float(pub.stream_id))
+        await drained(viewer)
+        await pub.close()
+        for _ in range(10):
+            await bystander.next_tag(5)
+        await bystander.close()
+
+    asyncio.run(scenario())
+    assert steady.alive()
+    node.wait_for_log(r"publish end stream=live/leaving protocol=rtmp .*reason='unpublished'")
+    text = node.log_text()
+    assert "invalid chunk size" in text and "Traceback" not in text
     assert node.proc.poll() is None

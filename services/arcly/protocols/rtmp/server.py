@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 from urllib.parse import parse_qsl
 
 from arcly.engine import (
@@ -120,6 +121,66 @@ class RtmpServer:
                 session.abort()
 
 
+class _PublishPath(asyncio.Protocol):
+    """The transport's protocol while a session publishes (see ``_Session._run_publishing``).
+    Write flow control and the end of the connection are passed on to the StreamReader
+    protocol it replaced, so the session's writer keeps working and closing as before."""
+
+    def __init__(self, session: _Session, previous: asyncio.BaseProtocol,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.session = session
+        self.clock = loop.time  # not asyncio.get_running_loop() per read: it calls getpid()
+        self.previous = previous
+        self.events: list[Event] = []  # for the session task, in order
+        self.wake: asyncio.Future[None] | None = None
+        self.error: ProtocolError | None = None
+        self.lost = False
+        self.last_data = loop.time()
+
+    def _wake(self) -> None:
+        if self.wake is not None and not self.wake.done():
+            self.wake.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        session = self.session
+        if self.error is not None or session.closing is not None:
+            return
+        now = self.last_data = self.clock()
+        try:
+            events = session.conn.receive_data(data, now)
+        except ProtocolError as exc:
+            self.error = exc
+            self._wake()
+            return
+        for index, event in enumerate(events):
+            if type(event) is not MediaReceived or self.events:
+                # Not media: the rest of this batch waits for the session task, in order.
+                self.events.extend(events[index:])
+                cast(asyncio.Transport, session.writer.transport).pause_reading()
+                self._wake()
+                break
+            if not session._publish_media(event):
+                self._wake()
+                return
+        session._flush()  # acknowledgements
+
+    def eof_received(self) -> bool:
+        self.lost = True
+        self._wake()
+        return False  # close the transport: connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self._wake()
+        self.previous.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.previous.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.previous.resume_writing()
+
+
 class _Session:
     """One RTMP connection: the sans-I/O core plus the publish or play it drives."""
 
@@ -160,8 +221,9 @@ class _Session:
                     self._flush()
             while self.closing is None:
                 if self.publishing:
-                    deadline = self.settings.publish_idle_timeout
-                elif self.playing:
+                    await self._run_publishing()
+                    break
+                if self.playing:
                     deadline = None
                 else:
                     deadline = max(0.0, started + self.settings.command_timeout - loop.time())
@@ -188,13 +250,66 @@ class _Session:
         finally:
             await self._teardown(reason)
 
+    async def _run_publishing(self) -> None:
+        """The rest of a publishing connection: bytes go from the socket callback straight
+        into the sans-I/O connection and media straight into the kernel — no task wake-up,
+        future or timer per read. Anything else (deleteStream, a second publish, ...) is
+        handed to this task, in order, with reading paused until it is handled."""
+        loop = asyncio.get_running_loop()
+        transport = cast(asyncio.Transport, self.writer.transport)  # a socket: reads and writes
+        fast = _PublishPath(self, transport.get_protocol(), loop)
+        # What the StreamReader already holds comes first. (asyncio has no public way to
+        # take a StreamReader's buffer; its ``_buffer`` is a bytearray in every version.)
+        buffered: bytearray = getattr(self.reader, "_buffer", bytearray())
+        leftover, at_eof = bytes(buffered), self.reader.at_eof()
+        buffered.clear()
+        transport.set_protocol(fast)
+        if leftover:
+            fast.data_received(leftover)
+        if at_eof or transport.is_closing():
+            fast.lost = True
+        elif not transport.is_reading() and not fast.events:
+            transport.resume_reading()  # the StreamReader may have paused it
+        idle = self.settings.publish_idle_timeout
+        while self.closing is None:
+            if fast.error is not None:
+                raise fast.error
+            if fast.events:
+                events, fast.events = fast.events, []
+                await self._process(events)
+                self._flush()
+                if self.closing is None and not transport.is_closing():
+                    transport.resume_reading()
+                continue
+            if fast.lost:
+                return
+            due = (fast.last_data + idle if self.publishing
+                   else self.started + self.settings.command_timeout)
+            if loop.time() >= due:
+                raise TimeoutError
+            fast.wake = loop.create_future()
+            try:
+                # One timer per wake-up, and wake-ups are rare: events, the end, the deadline.
+                async with asyncio.timeout_at(due):
+                    await fast.wake
+            except TimeoutError:
+                continue  # data may have arrived meanwhile: the deadline is checked above
+            finally:
+                fast.wake = None
+
+    def _publish_media(self, event: MediaReceived) -> bool:
+        """Hand a media message to the kernel; False when the publish ended."""
+        entry = self.publishing.get(event.stream_id)
+        if entry is not None and not entry[1].publish_frame(
+                make_frame(event.kind, event.timestamp, event.payload)):
+            self.closing = f"publish ended: {entry[1].end_reason}"
+            return False
+        return True
+
     async def _process(self, events: list[Event]) -> None:
         for event in events:
             if isinstance(event, MediaReceived):
-                entry = self.publishing.get(event.stream_id)
-                if entry is not None and not entry[1].publish_frame(
-                        make_frame(event.kind, event.timestamp, event.payload)):
-                    self.closing = f"publish ended: {entry[1].end_reason}"
+                if not self._publish_media(event):
                     return
             elif isinstance(event, PublishRequested):
                 await self._publish(event)
