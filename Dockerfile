@@ -22,7 +22,7 @@ ENV PATH=/opt/arcly/bin:$PATH \
 RUN groupadd --system --gid 10001 arcly \
  && useradd --system --uid 10001 --gid arcly --home-dir /app --shell /usr/sbin/nologin arcly
 COPY --from=build /opt/arcly /opt/arcly
-COPY --from=players /players/ /opt/arcly/lib/python3.11/site-packages/arcly/http/static/
+COPY --from=players /players/ /opt/arcly/lib/python3.11/site-packages/arcly/protocols/http/static/
 COPY operator /app/operator
 WORKDIR /app
 USER 10001:10001

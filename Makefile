@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 
 HLSJS_VERSION ?= 1.7.4
 MPEGTS_VERSION ?= 1.8.2
-STATIC := services/arcly/http/static
+STATIC := services/arcly/protocols/http/static
 
 PROTOS := protos/arcly/relay/v1/relay.proto
 
@@ -71,18 +71,18 @@ test: tools
 	@$(MAKE) --no-print-directory browser
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-## Regenerate the gRPC stubs (committed; 'make proto-check' fails when they are stale).
+## Regenerate the relay's protobuf messages (committed; 'make proto-check' fails when they are
+## stale). No generated gRPC service stubs: the relay server answers with frames serialized once
+## and shared by every edge, which a generated servicer cannot express (see relay_server.py).
 proto: $(STAMP_DEV)
-	$(PY) -m grpc_tools.protoc -Iprotos --python_out=services --grpc_python_out=services \
-	  --pyi_out=services $(PROTOS)
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=services --pyi_out=services $(PROTOS)
 
 proto-check: $(STAMP_DEV)
 	@rm -rf build/proto && mkdir -p build/proto
-	@$(PY) -m grpc_tools.protoc -Iprotos --python_out=build/proto --grpc_python_out=build/proto \
-	  --pyi_out=build/proto $(PROTOS)
+	@$(PY) -m grpc_tools.protoc -Iprotos --python_out=build/proto --pyi_out=build/proto $(PROTOS)
 	@diff -r -x __init__.py -x __pycache__ build/proto/arcly/relay services/arcly/relay \
-	  && echo "gRPC stubs are fresh" \
-	  || { echo "gRPC stubs are stale: run 'make proto' and commit"; exit 1; }
+	  && echo "relay messages are fresh" \
+	  || { echo "relay messages are stale: run 'make proto' and commit"; exit 1; }
 
 ## The Helm chart: helm lint + helm template for several value sets, validated against the
 ## Kubernetes schemas (the same checks run in 'make test').

@@ -30,17 +30,18 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from arcly.engine import Engine, EngineConfig, Frame, FrameKind, NullObserver, Observer, StreamKey
 from arcly.observe import LoggingObserver
-from arcly.observe.otel import OtelObserver
+from arcly.observe.otel import OtelObserver, StreamMetrics
 
 
 async def run(observer_kind: str, frames: int, viewers: int) -> float:
-    engine = Engine(EngineConfig(idle_timeout=None))
     observer: Observer = NullObserver()
     if observer_kind == "logging":
         observer = LoggingObserver()
     elif observer_kind == "otel":
-        observer = OtelObserver(engine, node_id="bench", role="single")
-    engine.observer = observer
+        observer = OtelObserver(node_id="bench", role="single")
+    engine = Engine(EngineConfig(idle_timeout=None), observer=observer)
+    if observer_kind == "otel":
+        StreamMetrics(engine)
     key = StreamKey("bench", "s")
     handle = await engine.start_publish(key, protocol="rtmp", peer="127.0.0.1:1")
     subs = [await engine.subscribe(key, protocol="rtmp", peer=f"127.0.0.1:{i}")

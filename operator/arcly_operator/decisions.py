@@ -2,33 +2,35 @@
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from arcly.cluster.model import NodeRole, NodeState
 from arcly.engine import StreamKey
 
 COMPONENT = "app.kubernetes.io/component"
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
-NODE_ROLES = ("origin", "edge")
+NODE_ROLES = (NodeRole.ORIGIN, NodeRole.EDGE)
 
 
-def pod_role(pod: Mapping[str, Any]) -> str | None:
+def pod_role(pod: Mapping[str, Any]) -> NodeRole | None:
     """``origin`` or ``edge`` for arcly node Pods, None for anything else."""
     role = (pod.get("metadata", {}).get("labels") or {}).get(COMPONENT)
-    return role if role in NODE_ROLES else None
+    return NodeRole(role) if role in NODE_ROLES else None
 
 
-def node_state(pod: Mapping[str, Any], *, deleted: bool = False) -> str:
+def node_state(pod: Mapping[str, Any], *, deleted: bool = False) -> NodeState:
     """``gone`` once deleted; ``draining`` while being deleted or not Ready; else ``ready``."""
     if deleted:
-        return "gone"
+        return NodeState.GONE
     if pod.get("metadata", {}).get("deletionTimestamp"):
-        return "draining"
+        return NodeState.DRAINING
     conditions = (pod.get("status") or {}).get("conditions") or []
     ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-    return "ready" if ready else "draining"
+    return NodeState.READY if ready else NodeState.DRAINING
 
 
 def deletion_cost(viewers: int) -> str:
@@ -40,10 +42,18 @@ def deletion_cost(viewers: int) -> str:
     return str(min(1_000_000, int(10 * math.log2(1 + viewers))))
 
 
+class ReapKind(enum.StrEnum):
+    """Why the operator reaps a stream (the label of its reap metric)."""
+
+    ORPHANED = "orphaned"  # the owning node is gone
+    IDLE = "idle"          # no frame for longer than the idle timeout
+
+
 @dataclass(frozen=True, slots=True)
 class Victim:
     key: StreamKey
-    reason: str
+    kind: ReapKind
+    reason: str  # for people: logs and the release event
 
 
 def streams_to_reap(owners: Mapping[StreamKey, str], records: Mapping[StreamKey, Mapping[str, str]],
@@ -52,27 +62,28 @@ def streams_to_reap(owners: Mapping[StreamKey, str], records: Mapping[StreamKey,
     victims = []
     for key, owner in sorted(owners.items(), key=lambda item: str(item[0])):
         if owner not in alive:
-            victims.append(Victim(key, f"orphaned: owner {owner} is gone"))
+            victims.append(Victim(key, ReapKind.ORPHANED, f"orphaned: owner {owner} is gone"))
             continue
         last = records.get(key, {}).get("last_frame_at")
         if last is not None and now - float(last) > idle_timeout:
-            victims.append(Victim(key, f"idle for more than {idle_timeout:g} s"))
+            victims.append(Victim(key, ReapKind.IDLE,
+                                  f"idle for more than {idle_timeout:g} s"))
     return victims
 
 
 def cluster_status(nodes: Mapping[str, Mapping[str, str]], live_streams: int,
                    last_reap: str | None, reaped: int) -> dict[str, Any]:
     """The ``ArclyCluster`` status block (what ``kubectl get arclyclusters`` shows)."""
-    def count(role: str) -> int:
+    def count(role: NodeRole) -> int:
         return sum(1 for n in nodes.values() if n.get("role") == role
-                   and n.get("state", "ready") == "ready")
+                   and n.get("state", NodeState.READY) == NodeState.READY)
 
     status: dict[str, Any] = {
-        "readyOrigins": count("origin"),
-        "readyEdges": count("edge"),
+        "readyOrigins": count(NodeRole.ORIGIN),
+        "readyEdges": count(NodeRole.EDGE),
         "liveStreams": live_streams,
         "viewers": sum(int(float(n.get("viewers", 0))) for n in nodes.values()
-                       if n.get("role") == "edge"),
+                       if n.get("role") == NodeRole.EDGE),
         "reapedTotal": reaped,
     }
     if last_reap:

@@ -14,8 +14,8 @@ import atheris
 
 with atheris.instrument_imports():
     from arcly.engine import FrameKind, ProtocolError
-    from arcly.http.request import parse_request
     from arcly.media import amf0, codecs, flv
+    from arcly.protocols.http.request import parse_request
     from arcly.protocols.rtmp.chunk import ChunkDecoder
     from arcly.protocols.rtmp.connection import RtmpConnection
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from arcly.http.player import STATIC_DIR
+from arcly.protocols.http.pages import STATIC_DIR
 from tests.support.processes import FfmpegPublisher, Node
 
 pytestmark = pytest.mark.integration

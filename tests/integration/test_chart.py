@@ -10,7 +10,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from arcly.http.server import LIVENESS_PATH, READINESS_PATH
+from arcly.protocols.http import LIVENESS_PATH, READINESS_PATH
 from arcly_operator import permissions
 from tests.helm_binary import find as find_helm
 from tests.support.processes import REPO

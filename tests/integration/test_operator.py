@@ -17,10 +17,13 @@ os.environ.setdefault("ARCLY_OPERATOR_INTERVAL", "0.5")  # read when the handler
 from kopf.testing import KopfRunner
 
 import arcly_operator.main  # noqa: F401  (declares the handlers)
-from arcly.cluster.registry import RedisRegistry, RegistrySettings
+from arcly.cluster.model import NodeLoad, NodeRole
+from arcly.cluster.node_registry import NodeRegistry
+from arcly.cluster.registry import RegistrySettings
 from arcly.engine import StreamKey
 from arcly_operator import decisions
 from tests.support.processes import RedisServer
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.integration
 NS = "media"
@@ -69,35 +72,23 @@ async def cluster(kmock: Any) -> AsyncIterator[tuple[Any, aiohttp.ClientSession,
             os.environ.pop(name, None)
 
 
-async def eventually(check: Any, timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError("condition never held")
-        await asyncio.sleep(0.1)
-
-
 async def test_operator_manages_node_lifecycle_releases_reaps_and_reports(
         cluster: tuple[Any, aiohttp.ClientSession, RedisServer]) -> None:
     kmock, api, redis_server = cluster
-    node = RedisRegistry(RegistrySettings(url=redis_server.url), node_id="demo-origin-0",
-                         role="origin", relay_address="10.0.0.1:7000")
-    edge = RedisRegistry(RegistrySettings(url=redis_server.url), node_id="demo-edge-abc",
-                         role="edge")
-    edge.counts = lambda: {"streams": 1, "viewers": 42}
+    node = NodeRegistry(RegistrySettings(url=redis_server.url), node_id="demo-origin-0",
+                        role=NodeRole.ORIGIN, relay_address="10.0.0.1:7000")
+    edge = NodeRegistry(RegistrySettings(url=redis_server.url), node_id="demo-edge-abc",
+                        role=NodeRole.EDGE)
     raw = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
     try:
         # The nodes run: heartbeats, and the origin owns two keys (one goes idle).
         await node.heartbeat()
-        await edge.heartbeat()
+        await edge.heartbeat(NodeLoad(streams=1, viewers=42))
         kept = StreamKey("live", "cam")
         idle = StreamKey("live", "quiet")
         await node.claim(kept)
         await node.claim(idle)
-        await raw.hset(node.stream_key(idle), "last_frame_at", time.time() - 3600)
+        await raw.hset(node.keys.stream(idle), "last_frame_at", time.time() - 3600)
 
         # Pods appear; turning Ready registers them as ready nodes.
         for name, role in (("demo-origin-0", "origin"), ("demo-edge-abc", "edge")):
@@ -129,9 +120,9 @@ async def test_operator_manages_node_lifecycle_releases_reaps_and_reports(
             "spec": {"idleTimeoutSeconds": 30}})
 
         async def reaped() -> bool:
-            return await raw.get(node.owner_key(idle)) is None
+            return await raw.get(node.keys.owner(idle)) is None
         await eventually(reaped)
-        assert await raw.get(node.owner_key(kept)) is not None, "the live stream is kept"
+        assert await raw.get(node.keys.owner(kept)) is not None, "the live stream is kept"
 
         async def status() -> dict[str, Any] | None:
             obj = kmock.objects["arcly.io/v1alpha1/arclyclusters", NS, "demo"]
@@ -146,11 +137,11 @@ async def test_operator_manages_node_lifecycle_releases_reaps_and_reports(
         await api.delete(f"/api/v1/namespaces/{NS}/pods/demo-origin-0")
 
         async def released() -> bool:
-            return await raw.get(node.owner_key(kept)) is None
+            return await raw.get(node.keys.owner(kept)) is None
         await eventually(released)
 
         async def node_gone() -> bool:
-            return not await raw.exists(node.node_key("demo-origin-0"))
+            return not await raw.exists(node.keys.node("demo-origin-0"))
         await eventually(node_gone)
 
         async def released_event() -> bool:
@@ -158,15 +149,30 @@ async def test_operator_manages_node_lifecycle_releases_reaps_and_reports(
                 "message", "") for obj in kmock.objects.values())
         await eventually(released_event)
         # The old owner cannot quietly retake a released key: its next renewal says so.
-        lost: list[StreamKey] = []
-        node.on_lost = lambda key, why: lost.append(key)
-        await node.renew_all()
-        assert set(lost) == {kept, idle}
-        assert await raw.get(node.owner_key(kept)) is None
+        lost = _Lost()
+        await node.renew_all(lost)
+        assert set(lost.keys) == {kept, idle}
+        assert await raw.get(node.keys.owner(kept)) is None
     finally:
         await raw.aclose()
         await node.close()
         await edge.close()
+
+
+class _Lost:
+    """The node's side of ``renew_all``: records the keys it is told it lost."""
+
+    def __init__(self) -> None:
+        self.keys: list[StreamKey] = []
+
+    def load(self) -> NodeLoad:
+        return NodeLoad()
+
+    def last_frame(self, key: StreamKey) -> float | None:
+        return None
+
+    def ownership_lost(self, key: StreamKey, reason: str) -> None:
+        self.keys.append(key)
 
 
 async def _state(raw: aioredis.Redis, node_id: str, state: str) -> bool:

@@ -81,7 +81,7 @@ def test_openapi_document_is_served_committed_and_holds_under_schemathesis(
         node: Node, publish: Callable[[Node, str], FfmpegPublisher]) -> None:
     publish(node, "live/schema")
     served = get(node, "/api/v1/openapi.json")
-    committed = json.loads((Path(__file__).parents[2] / "services" / "arcly" / "http"
+    committed = json.loads((Path(__file__).parents[2] / "services" / "arcly" / "protocols" / "http"
                             / "openapi.json").read_text())
     assert served == committed
     result = subprocess.run(

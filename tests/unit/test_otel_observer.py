@@ -5,14 +5,14 @@ from __future__ import annotations
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from arcly.engine import Engine, StreamKey
+from arcly.engine import StreamKey
 from arcly.observe import otel
 
 
 def test_dropped_frames_count_deltas_per_viewer() -> None:
     reader = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[reader])
-    observer = otel.OtelObserver(Engine(), node_id="n", role="single")
+    observer = otel.OtelObserver(node_id="n", role="single")
     meter = provider.get_meter("arcly")
     observer.dropped = meter.create_counter("arcly.viewer.dropped_frames")
     key = StreamKey("live", "x")

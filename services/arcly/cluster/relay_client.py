@@ -19,7 +19,8 @@ import grpc
 from arcly.engine import Frame, FrameKind, SegmentMark, StreamKey
 from arcly.relay.v1 import relay_pb2 as pb
 
-from .registry import Owner, RedisRegistry, RegistryUnavailable
+from .model import Owner
+from .registry import RegistryClient, RegistryUnavailable
 from .relay_server import SERVICE, RelaySettings, grpc_options
 
 log = logging.getLogger("arcly.relay")
@@ -35,7 +36,7 @@ class EdgeSettings:
 class RelayUpstream:
     """The kernel ``Upstream`` of an edge node."""
 
-    def __init__(self, registry: RedisRegistry, node_id: str, settings: EdgeSettings) -> None:
+    def __init__(self, registry: RegistryClient, node_id: str, settings: EdgeSettings) -> None:
         self.registry = registry
         self.node_id = node_id
         self.settings = settings

@@ -4,6 +4,10 @@ Each frame's serialized ``RelayMessage`` is built once and shared by every subsc
 (cached on the frame like the RTMP and FLV encodings). The kernel subscription is the edge's
 bounded queue: an edge that stops reading falls behind, skips to keyframes, and is cut with
 ``RESOURCE_EXHAUSTED`` — the publisher and other edges never wait for it.
+
+The service is registered by hand (a generic handler with an identity serializer) rather than
+through generated servicer stubs: those serialize each response message per call, which would
+encode every frame once per edge instead of once.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 import grpc
 
 from arcly.engine import (
+    CloseReason,
     Frame,
     InvalidStreamKey,
     PublishRegistry,
@@ -162,7 +167,7 @@ class RelayServer:
         async def cut_when_behind() -> None:
             # A blocked write never returns to see the verdict: cancel the call instead.
             await sub.done.wait()
-            if sub.close_reason == "slow viewer":
+            if sub.close_reason == CloseReason.SLOW_VIEWER:
                 log.warning("relay edge cut peer=%s stream=%s reason=slow viewer", peer, key)
                 handler.cancel()
 
@@ -172,7 +177,7 @@ class RelayServer:
                 for frame in batch:
                     yield encode_frame(frame, token)
             reason = sub.close_reason
-            if reason == "slow viewer":
+            if reason == CloseReason.SLOW_VIEWER:
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                     "edge fell too far behind")
             yield pb.RelayMessage(ended=pb.StreamEnded(reason=reason)).SerializeToString()

@@ -36,11 +36,13 @@ from .extension import (
 from .frame import Frame, FrameKind
 from .gop import GopCache
 from .key import StreamKey
+from .reasons import CloseReason
 from .shutdown import ShutdownToken
-from .stream import PublishHandle, Stream, Subscription
+from .stream import RELAYED, PublishHandle, Stream, Subscription
 from .timeline import SegmentMark, Timeline, TimelineState
 
 __all__ = [
+    "RELAYED",
     "Action",
     "AllowAll",
     "ArclyError",
@@ -48,6 +50,7 @@ __all__ = [
     "AuthGrant",
     "AuthProvider",
     "AuthRequest",
+    "CloseReason",
     "Engine",
     "EngineConfig",
     "Frame",

@@ -7,7 +7,7 @@ import logging
 import signal
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .config import EngineConfig
 from .errors import ArclyError, HandlerCrashed, StreamBusy, StreamNotFound
@@ -25,8 +25,8 @@ from .extension import (
     Upstream,
 )
 from .key import StreamKey
-from .shutdown import ShutdownToken
-from .stream import Clock, PublishHandle, Stream, Subscription
+from .shutdown import ShutdownToken, signals_handled
+from .stream import RELAYED, Clock, PublishHandle, Stream, Subscription
 from .timeline import Timeline, TimelineState
 
 # Timelines of keys that stopped publishing are kept (so a republish continues the segment
@@ -158,7 +158,7 @@ class Engine:
     async def _run_pull(self, key: StreamKey, source: MediaSource, token: ShutdownToken) -> None:
         linger = asyncio.create_task(self._linger(key, token))
         try:
-            await self.pump_source(key, source, token, protocol="upstream", peer="")
+            await self.pump_source(key, source, token, protocol=RELAYED, peer="")
         except Exception as exc:
             log.warning("upstream ended with an error stream=%s error=%r", key, exc)
         finally:
@@ -246,28 +246,19 @@ class Engine:
             raise errors[0]
 
     async def serve_until_signal(self, handlers: Sequence[ProtocolHandler],
-                                 shutdown: ShutdownToken | None = None) -> None:
-        """Like ``serve``, but cancels the token on SIGINT or SIGTERM — the signals
-        orchestrators (systemd, Kubernetes) stop a process with."""
+                                 shutdown: ShutdownToken | None = None, *,
+                                 on_signal: Callable[[signal.Signals], None] | None = None
+                                 ) -> None:
+        """Like ``serve``, but SIGINT or SIGTERM (what orchestrators stop a process with)
+        cancels the token — or calls ``on_signal`` instead, e.g. to drain first."""
         token = shutdown or ShutdownToken()
-        loop = asyncio.get_running_loop()
-        installed: list[signal.Signals] = []
 
-        def on_signal(sig: signal.Signals) -> None:
+        def stop(sig: signal.Signals) -> None:
             log.info("signal received signal=%s; shutting down", sig.name)
             token.cancel()
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, on_signal, sig)
-                installed.append(sig)
-            except (NotImplementedError, RuntimeError) as exc:
-                log.error("cannot install signal handler signal=%s error=%s", sig.name, exc)
-        try:
+        with signals_handled(on_signal or stop):
             await self.serve(handlers, token)
-        finally:
-            for sig in installed:
-                loop.remove_signal_handler(sig)
 
     async def pump_source(self, key: StreamKey, source: MediaSource, shutdown: ShutdownToken,
                           *, protocol: str = "source", peer: str = "") -> None:

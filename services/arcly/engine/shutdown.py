@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import signal
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+
+log = logging.getLogger("arcly.engine")
+
+# The signals orchestrators (systemd, Kubernetes, a terminal) stop a process with.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class ShutdownToken:
@@ -65,3 +72,23 @@ class ShutdownToken:
             yield self
         finally:
             self.cancel()
+
+
+@contextmanager
+def signals_handled(on_signal: Callable[[signal.Signals], None],
+                    signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> Iterator[None]:
+    """Call ``on_signal(sig)`` on the running loop when one of ``signals`` arrives, for the
+    duration of the block (where the loop cannot take signal handlers, say so and go on)."""
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    for sig in signals:
+        try:
+            loop.add_signal_handler(sig, on_signal, sig)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError) as exc:
+            log.error("cannot install signal handler signal=%s error=%s", sig.name, exc)
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)

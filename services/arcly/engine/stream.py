@@ -25,6 +25,7 @@ from .config import EngineConfig
 from .frame import Frame, FrameKind
 from .gop import GopCache
 from .key import StreamKey
+from .reasons import CloseReason
 from .shutdown import ShutdownToken
 from .timeline import Timeline
 
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
     from .extension import Observer
 
 Clock = Callable[[], float]
+
+# The protocol of a stream an edge pulls from its ``Upstream`` (not published on this node).
+RELAYED = "upstream"
 
 
 class FrameLog:
@@ -138,6 +142,11 @@ class Stream:
         self.bytes_out = 0
         self.ended = ShutdownToken()
         self.end_reason = ""
+
+    @property
+    def relayed(self) -> bool:
+        """Pulled from an ``Upstream`` (an edge's copy), not published on this node."""
+        return self.protocol == RELAYED
 
     def publish(self, frame: Frame) -> None:
         self.last_frame_at = self.clock()
@@ -353,7 +362,7 @@ class Subscription:
             self.dropped += log.base - start
             start = self._cursor = log.base
             self._fall_behind()
-            if self._finished and self.close_reason == "slow viewer":
+            if self._finished and self.close_reason == CloseReason.SLOW_VIEWER:
                 return
             self._pending.extend(self.stream.gop.configuration())
         frames = log.span(start, end)
@@ -380,7 +389,7 @@ class Subscription:
         self.stream.observer.on_viewer_skipped(self.stream.key, self.protocol, self.peer,
                                                self.dropped)
         if len(self._skips) > self.stream.config.viewer_max_skips:
-            self.finish("slow viewer")
+            self.finish(CloseReason.SLOW_VIEWER)
 
     def finish(self, reason: str) -> None:
         """End delivery: pending frames are still handed out, then ``next_batch`` returns []."""
@@ -390,10 +399,10 @@ class Subscription:
         self.close_reason = reason
         self.done.cancel()
         if self._cursor >= 0:
-            if reason != "slow viewer":
+            if reason != CloseReason.SLOW_VIEWER:
                 self._read_log()  # what was published so far is still delivered
             self._cursor = -1
-        if reason == "slow viewer":
+        if reason == CloseReason.SLOW_VIEWER:
             self._pending = []
             self._pending_bytes = 0
         self.stream.remove_subscriber(self)

@@ -4,7 +4,8 @@ A segmenter starts on the first playlist request for a key (or, configurably, wh
 starts publishing), keeps ``window`` segments for the playlist (plus a few already out of it,
 for players that fetch late), survives a republish (the playlist continues across it, with
 ``#EXT-X-DISCONTINUITY``), and is dropped ``linger`` seconds after the stream ended or nobody
-asked for it. The service is a ``ProtocolHandler``: ``run`` sweeps until shutdown.
+asked for it. The service is a ``ProtocolHandler``: ``run`` takes the node's registry (the
+engine) and sweeps until shutdown; it is also an ``Observer`` of the same engine.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from arcly.engine import (
+    EngineConfig,
     NullObserver,
     PublishRegistry,
     ShutdownToken,
@@ -34,8 +36,7 @@ EXTRA_KEPT = 3  # segments kept after they leave the playlist, for late fetches
 
 @dataclass(frozen=True, slots=True)
 class HlsSettings:
-    enabled: bool = True
-    segment_seconds: float = 2.0
+    segment_seconds: float = EngineConfig().segment_target  # the kernel groups GOPs by this
     window: int = 6
     on_publish: bool = False
     linger: float = 30.0
@@ -75,8 +76,8 @@ class HlsService(NullObserver):
 
     name = "hls"
 
-    def __init__(self, registry: PublishRegistry, settings: HlsSettings | None = None) -> None:
-        self.registry = registry
+    def __init__(self, settings: HlsSettings | None = None) -> None:
+        self.registry: PublishRegistry | None = None  # the engine, once ``run`` starts
         self.settings = settings or HlsSettings()
         self._states: dict[StreamKey, _KeyState] = {}
         self._starting: set[asyncio.Task[_KeyState | None]] = set()
@@ -125,6 +126,8 @@ class HlsService(NullObserver):
         state = self._states.get(key)
         if state is not None and (state.runner is not None or self._stopping):
             state.sticky = state.sticky or sticky
+            return state
+        if self.registry is None:  # not running (yet, or any more)
             return state
         try:
             sub = await self.registry.subscribe(key, protocol="hls", peer="segmenter")
@@ -186,6 +189,7 @@ class HlsService(NullObserver):
                 del self._states[key]
 
     async def run(self, registry: PublishRegistry, shutdown: ShutdownToken) -> None:
+        self.registry = registry
         interval = max(1.0, min(10.0, self.settings.linger / 3))
         try:
             while not shutdown.cancelled:

@@ -1,6 +1,9 @@
 """Node configuration: one object from CLI flags and ``ARCLY_*`` env vars (flags win).
 
-Every flag ``--some-thing`` has the env twin ``ARCLY_SOME_THING``; defaults live here only.
+Every flag ``--some-thing`` has the env twin ``ARCLY_SOME_THING``. A default belongs to the
+component it configures (``EngineConfig``, ``RtmpSettings``, ``Limits``, ``RegistrySettings``,
+...): ``NodeConfig`` takes it from there, so no default is written twice. Only what is the
+node's own (listen addresses, the drain timeout, logging) is written here.
 """
 
 from __future__ import annotations
@@ -9,6 +12,26 @@ import argparse
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from arcly.cluster.registry import RegistrySettings
+from arcly.cluster.relay_client import EdgeSettings
+from arcly.cluster.relay_server import RelaySettings
+from arcly.engine import EngineConfig
+from arcly.hls.service import HlsSettings
+from arcly.protocols.egress import DEFAULT_COALESCE
+from arcly.protocols.listener import Limits
+from arcly.protocols.rtmp import RtmpSettings
+from arcly.recording import RecordSettings
+
+# The components' own defaults, which NodeConfig's are taken from.
+_ENGINE = EngineConfig()
+_RTMP = RtmpSettings()
+_HLS = HlsSettings()
+_RECORD = RecordSettings()
+_LIMITS = Limits()
+_REGISTRY = RegistrySettings()
+_RELAY = RelaySettings()
+_EDGE = EdgeSettings()
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -40,41 +63,41 @@ class Address:
 class NodeConfig:
     rtmp_listen: Address = Address("0.0.0.0", 1935)
     http_listen: Address = Address("0.0.0.0", 8080)
-    idle_timeout: float | None = 30.0
+    idle_timeout: float | None = _ENGINE.idle_timeout
     log_level: str = "info"
     log_json: bool = False
-    chunk_size: int = 4096
-    max_message_size: int = 8 * 1024 * 1024
-    gop_max_bytes: int = 16 * 1024 * 1024
-    viewer_backlog_bytes: int = 8 * 1024 * 1024
+    chunk_size: int = _RTMP.chunk_size
+    max_message_size: int = _RTMP.max_message_size
+    gop_max_bytes: int = _ENGINE.gop_max_bytes
+    viewer_backlog_bytes: int = _ENGINE.viewer_backlog_bytes
     hls: bool = True
-    hls_segment_seconds: float = 2.0
-    hls_window: int = 6
-    hls_on_publish: bool = False
+    hls_segment_seconds: float = _HLS.segment_seconds
+    hls_window: int = _HLS.window
+    hls_on_publish: bool = _HLS.on_publish
     record: str | None = None
-    record_hls: bool = False
+    record_hls: bool = _RECORD.hls
     grpc_listen: Address = Address("0.0.0.0", 7000)
     advertise_address: str | None = None
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    redis_prefix: str = "arcly:"
+    redis_url: str = _REGISTRY.url
+    redis_prefix: str = _REGISTRY.prefix
     node_id: str | None = None
-    relay_token: str = ""
-    ownership_lease: float = 10.0
+    relay_token: str = _RELAY.token
+    ownership_lease: float = _REGISTRY.lease
     drain_timeout: float = 30.0
-    edge_linger: float = 5.0
-    reconnect_window: float = 20.0
+    edge_linger: float = _ENGINE.upstream_linger
+    reconnect_window: float = _EDGE.reconnect_window
     relay_tls_cert: str | None = None
     relay_tls_key: str | None = None
     relay_tls_ca: str | None = None
     auth_config: str | None = None
     api_token: str = ""
-    max_connections: int = 10_000
-    max_connections_per_ip: int = 256
-    max_publishers: int = 1_000
-    max_viewers_per_stream: int = 10_000
-    handshake_timeout: float = 10.0
-    command_timeout: float = 10.0
-    write_coalesce_ms: float = 100.0
+    max_connections: int = _LIMITS.max_connections
+    max_connections_per_ip: int = _LIMITS.max_connections_per_ip
+    max_publishers: int = _LIMITS.max_publishers
+    max_viewers_per_stream: int = _LIMITS.max_viewers_per_stream
+    handshake_timeout: float = _RTMP.handshake_timeout
+    command_timeout: float = _RTMP.command_timeout
+    write_coalesce_ms: float = DEFAULT_COALESCE * 1000
 
 
 def _positive_float_or_off(text: str) -> float | None:
@@ -186,12 +209,14 @@ def add_node_options(parser: argparse.ArgumentParser) -> None:
     for flag, kind, what in _OPTIONS:
         attr = flag.lstrip("-").replace("-", "_")
         help_text = f"{what} [env {env_name(flag)}; default {getattr(defaults, attr)}]"
+        # SUPPRESS: a flag not given leaves no attribute, so "given as off" (None) and "not
+        # given" stay apart.
         if kind is _bool:  # --flag / --no-flag
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                                help=help_text)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction,
+                                default=argparse.SUPPRESS, help=help_text)
         else:
-            parser.add_argument(flag, type=kind, default=None,  # type: ignore[arg-type]
-                                help=help_text)
+            parser.add_argument(flag, type=kind,  # type: ignore[arg-type]
+                                default=argparse.SUPPRESS, help=help_text)
 
 
 def build_config(args: argparse.Namespace, env: Mapping[str, str] | None = None,
@@ -199,20 +224,20 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str] | None = None,
     """Flags first, then ``ARCLY_*`` env vars, then defaults."""
     env = os.environ if env is None else env
     values: dict[str, object] = {}
+    given = vars(args)
     for flag, kind, _ in _OPTIONS:
         attr = flag.lstrip("-").replace("-", "_")
-        value = getattr(args, attr, None)
-        if value is None and env_name(flag) in env:
+        if attr in given:
+            values[attr] = given[attr]
+        elif env_name(flag) in env:
             raw = env[env_name(flag)]
             try:
-                value = kind(raw)  # type: ignore[operator]
+                values[attr] = kind(raw)  # type: ignore[operator]
             except (ValueError, argparse.ArgumentTypeError) as exc:
                 message = f"{env_name(flag)}={raw!r}: {exc}"
                 if parser is not None:
                     parser.error(message)
                 raise ValueError(message) from None
-        if value is not None:
-            values[attr] = value
     config = NodeConfig(**values)  # type: ignore[arg-type]
     if config.log_level not in LOG_LEVELS:
         message = f"log level {config.log_level!r} is not one of {', '.join(LOG_LEVELS)}"

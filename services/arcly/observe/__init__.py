@@ -1,4 +1,5 @@
-"""Observers of stream life: logging, composite (OpenTelemetry arrives with its own issue)."""
+"""Observers of stream life, outside the kernel: one log line per session (``logging``), a
+composite that fans out to several, and OpenTelemetry spans and metrics (``otel``)."""
 
 from .logging import CompositeObserver, LoggingObserver
 

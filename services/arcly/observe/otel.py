@@ -31,18 +31,20 @@ from opentelemetry.propagate import extract, inject
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from arcly.engine import (
+    RELAYED,
     AuthError,
     AuthGrant,
     AuthProvider,
     AuthRequest,
+    CloseReason,
     Engine,
     NullObserver,
+    Stream,
     StreamKey,
 )
 
 log = logging.getLogger("arcly.observe")
 
-VIEWER_PROTOCOLS = ("rtmp", "http-flv")
 _INTERNAL = {"hls": "hls", "record": "record", "relay": "relay"}
 
 
@@ -93,13 +95,12 @@ def configure(service_name: str, attributes: dict[str, str]) -> Callable[[], Non
 
 
 class OtelObserver(NullObserver):
-    """Spans and metrics for one node."""
+    """Spans and event-driven metrics for one node (per-stream figures: ``StreamMetrics``)."""
 
-    def __init__(self, engine: Engine, *, node_id: str, role: str,
+    def __init__(self, *, node_id: str, role: str,
                  remote_parent: Callable[[StreamKey], str | None] | None = None,
                  on_session: Callable[[StreamKey, str], None] | None = None,
                  relay_lag: Callable[[], float] | None = None) -> None:
-        self.engine = engine
         self.node_id = node_id
         self.role = role
         self.remote_parent = remote_parent
@@ -124,43 +125,11 @@ class OtelObserver(NullObserver):
             "arcly.viewer.dropped_frames", unit="{frame}",
             description="frames not delivered to viewers that fell behind")
         self._dropped_seen: dict[tuple[StreamKey, str, str], int] = {}
-        meter.create_observable_counter("arcly.stream.bytes_in", [self._bytes_in], unit="By",
-                                        description="bytes received per live stream")
-        meter.create_observable_counter("arcly.stream.frames_in", [self._frames_in],
-                                        unit="{frame}", description="frames per live stream")
-        meter.create_observable_counter("arcly.stream.bytes_out", [self._bytes_out], unit="By",
-                                        description="bytes handed to subscribers per stream")
-        meter.create_observable_counter("arcly.stream.frames_out", [self._frames_out],
-                                        unit="{frame}",
-                                        description="frames handed to subscribers per stream")
-        meter.create_observable_gauge("arcly.gop_cache.size", [self._gop_bytes], unit="By",
-                                      description="GOP cache bytes per live stream")
         if relay_lag is not None:
             lag = relay_lag
             meter.create_observable_gauge(
                 "arcly.relay.lag", [lambda _: [Observation(lag() / 1000)]], unit="s",
                 description="origin-to-edge delay of the latest relayed frame")
-
-    # -- metrics callbacks (run by the SDK's reader, a few times a minute) --------------------
-
-    def _per_stream(self, value: Callable[..., float]) -> Iterable[Observation]:
-        return [Observation(value(s), {"arcly.stream.key": str(s.key)})
-                for s in self.engine.streams()]
-
-    def _bytes_in(self, _: CallbackOptions) -> Iterable[Observation]:
-        return self._per_stream(lambda s: s.bytes_in)
-
-    def _frames_in(self, _: CallbackOptions) -> Iterable[Observation]:
-        return self._per_stream(lambda s: s.frames_in)
-
-    def _bytes_out(self, _: CallbackOptions) -> Iterable[Observation]:
-        return self._per_stream(lambda s: s.bytes_out)
-
-    def _frames_out(self, _: CallbackOptions) -> Iterable[Observation]:
-        return self._per_stream(lambda s: s.frames_out)
-
-    def _gop_bytes(self, _: CallbackOptions) -> Iterable[Observation]:
-        return self._per_stream(lambda s: s.gop.bytes)
 
     # -- spans --------------------------------------------------------------------------------
 
@@ -183,7 +152,7 @@ class OtelObserver(NullObserver):
 
     def on_publish_start(self, key: StreamKey, protocol: str, peer: str) -> None:
         attributes = self._attributes(key, protocol, peer)
-        if protocol == "upstream":  # an edge relaying from the stream's origin
+        if protocol == RELAYED:  # an edge relaying from the stream's origin
             remote = self.remote_parent(key) if self.remote_parent else None
             parent = extract({"traceparent": remote}) if remote else context.Context()
             name = f"relay {key}"
@@ -199,14 +168,14 @@ class OtelObserver(NullObserver):
                                          context=trace.set_span_in_context(span),
                                          attributes=attributes)
         started.end()
-        if self.on_session is not None and protocol != "upstream":
+        if self.on_session is not None and protocol != RELAYED:
             traceparent = self.traceparent(key)
             if traceparent:
                 self.on_session(key, traceparent)
 
     def on_publish_end(self, key: StreamKey, protocol: str, peer: str, reason: str) -> None:
         span = self._sessions.pop(key, None)
-        if protocol != "upstream":
+        if protocol != RELAYED:
             self.publishers.add(-1, {"network.protocol.name": protocol})
         if span is not None:
             span.set_attribute("arcly.end_reason", reason)
@@ -240,7 +209,7 @@ class OtelObserver(NullObserver):
         span = self._plays.pop((key, protocol, peer), None)
         if span is not None:
             span.set_attribute("arcly.end_reason", reason)
-            if reason == "slow viewer":
+            if reason == CloseReason.SLOW_VIEWER:
                 span.set_status(Status(StatusCode.ERROR, reason))
             span.end()
 
@@ -263,6 +232,45 @@ class OtelObserver(NullObserver):
         viewer = (key, protocol, peer)
         self.dropped.add(max(0, dropped - self._dropped_seen.get(viewer, 0)), attributes)
         self._dropped_seen[viewer] = dropped
+
+
+class StreamMetrics:
+    """Per-stream figures read from the kernel when the SDK's reader collects (a few times a
+    minute; nothing per frame): bytes and frames in and out, GOP cache size."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        meter = metrics.get_meter("arcly")
+        meter.create_observable_counter("arcly.stream.bytes_in", [self._bytes_in], unit="By",
+                                        description="bytes received per live stream")
+        meter.create_observable_counter("arcly.stream.frames_in", [self._frames_in],
+                                        unit="{frame}", description="frames per live stream")
+        meter.create_observable_counter("arcly.stream.bytes_out", [self._bytes_out], unit="By",
+                                        description="bytes handed to subscribers per stream")
+        meter.create_observable_counter("arcly.stream.frames_out", [self._frames_out],
+                                        unit="{frame}",
+                                        description="frames handed to subscribers per stream")
+        meter.create_observable_gauge("arcly.gop_cache.size", [self._gop_bytes], unit="By",
+                                      description="GOP cache bytes per live stream")
+
+    def _per_stream(self, value: Callable[[Stream], float]) -> Iterable[Observation]:
+        return [Observation(value(s), {"arcly.stream.key": str(s.key)})
+                for s in self.engine.streams()]
+
+    def _bytes_in(self, _: CallbackOptions) -> Iterable[Observation]:
+        return self._per_stream(lambda s: s.bytes_in)
+
+    def _frames_in(self, _: CallbackOptions) -> Iterable[Observation]:
+        return self._per_stream(lambda s: s.frames_in)
+
+    def _bytes_out(self, _: CallbackOptions) -> Iterable[Observation]:
+        return self._per_stream(lambda s: s.bytes_out)
+
+    def _frames_out(self, _: CallbackOptions) -> Iterable[Observation]:
+        return self._per_stream(lambda s: s.frames_out)
+
+    def _gop_bytes(self, _: CallbackOptions) -> Iterable[Observation]:
+        return self._per_stream(lambda s: s.gop.bytes)
 
 
 class TracedAuth:

@@ -30,7 +30,7 @@ import socket
 import weakref
 from collections.abc import Callable
 
-from arcly.engine import Frame, Subscription
+from arcly.engine import CloseReason, Frame, Subscription
 
 DEFAULT_COALESCE = 0.100
 
@@ -214,7 +214,7 @@ async def _drain(writer: asyncio.StreamWriter, stall_timeout: float) -> str:
     try:
         await asyncio.wait_for(writer.drain(), timeout=stall_timeout)
     except TimeoutError:
-        return "slow viewer"
+        return CloseReason.SLOW_VIEWER
     except ConnectionError:
         return "client closed"
     return ""

@@ -1,14 +1,35 @@
-"""What every TCP listener of the node shares: binding (and logging what was bound) and
-closing a connection without hanging on a peer that never reads."""
+"""What every TCP listener of the node shares: the connection caps (``Limits``, ``Admission``)
+and the listener skeleton (``Listener``): bind and log what was bound, admit each connection,
+track it until it ends, and on shutdown stop accepting, let the protocol say goodbye, wait for
+connections to wind down and abort the ones that will not.
+
+A protocol server (RTMP, HTTP, ...) is a ``Listener`` plus a per-connection handler; it never
+writes its own accept loop or shutdown sequence.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from arcly.engine import ShutdownToken, Subscription
 
 log = logging.getLogger("arcly.listener")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Caps that keep a node alive under abuse (the defaults of the ``--max-*`` flags)."""
+
+    max_connections: int = 10_000
+    max_connections_per_ip: int = 256
+    max_publishers: int = 1_000
+    max_viewers_per_stream: int = 10_000
+
 
 class Admission:
     """Whether listeners take new connections and sessions — one object shared by a node's
@@ -16,19 +37,13 @@ class Admission:
     publisher and per-stream viewer caps keep a node alive under abuse. Every refusal is
     counted in ``refused`` (by limit) and logged at most once a second per limit."""
 
-    __slots__ = ("_last_log", "_per_ip", "allow_publish", "connections", "draining",
-                 "max_connections", "max_connections_per_ip", "max_publishers",
-                 "max_viewers_per_stream", "refused")
+    __slots__ = ("_last_log", "_per_ip", "allow_publish", "connections", "draining", "limits",
+                 "refused")
 
-    def __init__(self, *, allow_publish: bool = True, max_connections: int = 10_000,
-                 max_connections_per_ip: int = 256, max_publishers: int = 1_000,
-                 max_viewers_per_stream: int = 10_000) -> None:
+    def __init__(self, limits: Limits | None = None, *, allow_publish: bool = True) -> None:
+        self.limits = limits or Limits()
         self.allow_publish = allow_publish
         self.draining = False
-        self.max_connections = max_connections
-        self.max_connections_per_ip = max_connections_per_ip
-        self.max_publishers = max_publishers
-        self.max_viewers_per_stream = max_viewers_per_stream
         self.connections = 0
         self._per_ip: dict[str, int] = {}
         self.refused: dict[str, int] = {}
@@ -44,11 +59,11 @@ class Admission:
 
     def open_connection(self, ip: str) -> bool:
         """Count a new connection from ``ip``; False (and counted) when over a limit."""
-        if self.connections >= self.max_connections:
+        if self.connections >= self.limits.max_connections:
             self.refuse("max_connections", f"peer={ip} connections={self.connections}")
             return False
         per_ip = self._per_ip.get(ip, 0)
-        if per_ip >= self.max_connections_per_ip:
+        if per_ip >= self.limits.max_connections_per_ip:
             self.refuse("max_connections_per_ip", f"peer={ip} connections={per_ip}")
             return False
         self.connections += 1
@@ -63,19 +78,87 @@ class Admission:
         else:
             self._per_ip.pop(ip, None)
 
+    def admit_viewer(self, sub: Subscription, peer: str) -> bool:
+        """Keep ``sub`` if its stream is within the per-stream viewer cap; otherwise close it,
+        count the refusal and return False (the caller tells the client in its protocol)."""
+        if len(sub.stream.subscribers) <= self.limits.max_viewers_per_stream:
+            return True
+        sub.close("refused: too many viewers")
+        self.refuse("max_viewers_per_stream", f"peer={peer} stream={sub.key}")
+        return False
+
 
 ClientHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
-async def start_listener(protocol: str, host: str, port: int, on_client: ClientHandler,
-                         *, limit: int) -> tuple[asyncio.Server, list[tuple[str, int]]]:
-    """Bind ``host:port`` (port 0 picks a free one) and log every bound address — the line
-    tests and operators read to find the port."""
-    server = await asyncio.start_server(on_client, host, port, limit=limit)
-    addresses = [sock.getsockname()[:2] for sock in server.sockets]
-    for bound_host, bound_port in addresses:
-        log.info("listening protocol=%s address=%s:%d", protocol, bound_host, bound_port)
-    return server, addresses
+class Listener:
+    """The accept side of one protocol server.
+
+    ``serve`` binds ``host:port`` (port 0 picks a free one), logs every bound address (the line
+    tests and operators read to find the port), admits each connection against the node's
+    ``Admission`` and runs ``handle`` for it. When ``shutdown`` fires it stops accepting, awaits
+    ``goodbye`` (the protocol ends its sessions politely), gives connections ``grace`` seconds
+    to finish, then aborts what is left."""
+
+    def __init__(self, protocol: str, host: str, port: int, admission: Admission, *,
+                 read_limit: int, grace: float = 5.0) -> None:
+        self.protocol = protocol
+        self.host = host
+        self.port = port
+        self.admission = admission
+        self.read_limit = read_limit
+        self.grace = grace
+        self.addresses: list[tuple[str, int]] = []
+        self.ready = asyncio.Event()
+        self.stopping = False
+        self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+
+    def __len__(self) -> int:
+        return len(self._connections)
+
+    async def serve(self, handle: ClientHandler, shutdown: ShutdownToken, *,
+                    goodbye: Callable[[], Awaitable[None]] | None = None) -> None:
+        admission = self.admission
+
+        async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            ip = peer_ip(writer)
+            if not admission.open_connection(ip):
+                writer.transport.abort()
+                return
+            task = asyncio.current_task()
+            assert task is not None
+            self._connections[task] = writer
+            try:
+                await handle(reader, writer)
+            finally:
+                self._connections.pop(task, None)
+                admission.close_connection(ip)
+
+        server = await asyncio.start_server(on_client, self.host, self.port,
+                                            limit=self.read_limit)
+        self.addresses = [sock.getsockname()[:2] for sock in server.sockets]
+        for bound_host, bound_port in self.addresses:
+            log.info("listening protocol=%s address=%s:%d", self.protocol, bound_host,
+                     bound_port)
+        self.ready.set()
+        try:
+            await shutdown.wait()
+        finally:
+            self.stopping = True
+            server.close()  # stop accepting first
+            if goodbye is not None:
+                await goodbye()
+            await self._wind_down()
+
+    async def _wind_down(self) -> None:
+        if self._connections:
+            await asyncio.wait(list(self._connections), timeout=self.grace)
+        for writer in list(self._connections.values()):
+            writer.transport.abort()
+        if self._connections:  # aborted sockets end their handlers within a loop turn or two
+            await asyncio.wait(list(self._connections), timeout=1.0)
+        for task in list(self._connections):
+            task.cancel()
 
 
 async def close_writer(writer: asyncio.StreamWriter, grace: float = 2.0) -> None:
@@ -96,3 +179,14 @@ def peer_name(writer: asyncio.StreamWriter) -> str:
 def peer_ip(writer: asyncio.StreamWriter) -> str:
     peer = writer.get_extra_info("peername")
     return str(peer[0]) if isinstance(peer, tuple) else str(peer)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an IP address, ``[v6]`` or ``localhost``; no port) is loopback."""
+    text = host.strip().removeprefix("[").removesuffix("]")
+    if text == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(text).is_loopback
+    except ValueError:
+        return False

@@ -21,6 +21,7 @@ from typing import Any
 
 from arcly.engine import (
     ArclyError,
+    EngineConfig,
     Frame,
     FrameKind,
     NullObserver,
@@ -45,7 +46,7 @@ class RecordSettings:
     hls: bool = False
     max_pending_bytes: int = 32 * 1024 * 1024
     finalize_timeout: float = 15.0
-    segment_seconds: float = 2.0
+    segment_seconds: float = EngineConfig().segment_target  # HLS VOD: the kernel's grouping
 
 
 def _metadata_tag(publisher: dict[str, Any]) -> tuple[bytes, int, int]:
@@ -267,9 +268,8 @@ class RecordingManager(NullObserver):
 
     name = "recorder"
 
-    def __init__(self, registry: PublishRegistry, storage: Storage,
-                 settings: RecordSettings | None = None) -> None:
-        self.registry = registry
+    def __init__(self, storage: Storage, settings: RecordSettings | None = None) -> None:
+        self.registry: PublishRegistry | None = None  # the engine, once ``run`` starts
         self.storage = storage
         self.settings = settings or RecordSettings()
         self.recorders: dict[StreamKey, Recorder] = {}
@@ -281,6 +281,9 @@ class RecordingManager(NullObserver):
         task.add_done_callback(self._tasks.discard)
 
     async def _record(self, key: StreamKey) -> None:
+        if self.registry is None:
+            log.error("recorder not running: not recording stream=%s", key)
+            return
         try:
             sub = await self.registry.subscribe(key, protocol="record", peer="recorder")
         except StreamNotFound:
@@ -294,6 +297,7 @@ class RecordingManager(NullObserver):
                 del self.recorders[key]
 
     async def run(self, registry: PublishRegistry, shutdown: ShutdownToken) -> None:
+        self.registry = registry
         await shutdown.wait()
         # Streams end as the listeners wind down; end any that are left, then let every
         # recording finalize.

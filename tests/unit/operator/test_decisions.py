@@ -40,8 +40,9 @@ def test_streams_to_reap_picks_orphans_and_idle_streams() -> None:
     records = {live: {"last_frame_at": "995"}, idle: {"last_frame_at": "900"},
                orphan: {"last_frame_at": "999"}}
     victims = decisions.streams_to_reap(owners, records, {"o1"}, now=1000, idle_timeout=30)
-    assert [(v.key, v.reason.split(":")[0].split(" ")[0]) for v in victims] == [
-        (idle, "idle"), (orphan, "orphaned")]
+    assert [(v.key, v.kind) for v in victims] == [
+        (idle, decisions.ReapKind.IDLE), (orphan, decisions.ReapKind.ORPHANED)]
+    assert victims[1].reason == "orphaned: owner o9 is gone"
 
 
 def test_cluster_status_counts_ready_nodes_and_viewers() -> None:

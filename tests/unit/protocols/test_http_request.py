@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from arcly.engine import ProtocolError
-from arcly.http.request import parse_request
+from arcly.protocols.http.request import parse_request
 
 
 def test_parses_a_flv_request() -> None:

@@ -5,11 +5,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 
-from arcly.engine import Engine, EngineConfig, FrameKind, InvalidStreamKey, StreamKey
+from arcly.engine import (
+    Engine,
+    EngineConfig,
+    FrameKind,
+    InvalidStreamKey,
+    ShutdownToken,
+    StreamKey,
+)
 from arcly.media import amf0, flv
 from arcly.media.flv import make_frame
 from arcly.recording import FilesystemStorage, RecordingManager, RecordSettings
@@ -42,6 +51,19 @@ class SlowStorage(FilesystemStorage):
         return writer
 
 
+@asynccontextmanager
+async def running(manager: RecordingManager, engine: Engine) -> AsyncIterator[None]:
+    """The manager as a node runs it: a handler of ``engine`` until shutdown."""
+    token = ShutdownToken()
+    task = asyncio.create_task(manager.run(engine, token))
+    await asyncio.sleep(0)  # run() takes the engine as its registry
+    try:
+        yield
+    finally:
+        token.cancel()
+        await asyncio.wait_for(task, 30)
+
+
 async def _publish_source(engine: Engine, source: Path, seconds: float) -> tuple[int, int]:
     """Publish the source's tags in (compressed) real time; return frames sent and frames a
     plain viewer received."""
@@ -64,11 +86,9 @@ async def _publish_source(engine: Engine, source: Path, seconds: float) -> tuple
 async def test_slow_storage_drops_whole_gops_without_delaying_viewers_or_growing_memory(
         tmp_path: Path, source_flv: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "arcly.recording")
-    engine = Engine(EngineConfig(idle_timeout=None))
     cap = 256 * 1024
-    manager = RecordingManager(engine, SlowStorage(tmp_path), RecordSettings(
-        max_pending_bytes=cap))
-    engine.observer = manager
+    manager = RecordingManager(SlowStorage(tmp_path), RecordSettings(max_pending_bytes=cap))
+    engine = Engine(EngineConfig(idle_timeout=None), observer=manager)
     peak = 0
 
     async def watch() -> None:
@@ -79,8 +99,9 @@ async def test_slow_storage_drops_whole_gops_without_delaying_viewers_or_growing
             await asyncio.sleep(0)
 
     watcher = asyncio.create_task(watch())
-    sent, received = await _publish_source(engine, source_flv, seconds=10)
-    await asyncio.wait_for(asyncio.gather(*manager._tasks), 30)
+    async with running(manager, engine):
+        sent, received = await _publish_source(engine, source_flv, seconds=10)
+        await asyncio.wait_for(asyncio.gather(*manager._tasks), 30)
     watcher.cancel()
     assert received == sent, "the live viewer got every frame"
     largest_frame = max(len(t.body) for t in load_tags(source_flv))
@@ -97,11 +118,11 @@ async def test_slow_storage_drops_whole_gops_without_delaying_viewers_or_growing
 
 async def test_recording_is_finalized_with_duration_and_size(
         tmp_path: Path, source_flv: Path) -> None:
-    engine = Engine(EngineConfig(idle_timeout=None))
-    manager = RecordingManager(engine, FilesystemStorage(tmp_path), RecordSettings(hls=True))
-    engine.observer = manager
-    await _publish_source(engine, source_flv, seconds=6)
-    await asyncio.wait_for(asyncio.gather(*manager._tasks), 30)
+    manager = RecordingManager(FilesystemStorage(tmp_path), RecordSettings(hls=True))
+    engine = Engine(EngineConfig(idle_timeout=None), observer=manager)
+    async with running(manager, engine):
+        await _publish_source(engine, source_flv, seconds=6)
+        await asyncio.wait_for(asyncio.gather(*manager._tasks), 30)
     path = next(tmp_path.rglob("*.flv"))
     assert path.relative_to(tmp_path).parts[:2] == ("live", "rec")
     data = path.read_bytes()

@@ -32,7 +32,8 @@ SHARED_OBJECT_AMF0 = 19
 COMMAND_AMF0 = 20
 AGGREGATE = 22
 
-DEFAULT_CHUNK_SIZE = 128
+DEFAULT_CHUNK_SIZE = 128  # every chunk stream starts at this size (spec §5.4.1)
+DEFAULT_MAX_MESSAGE_SIZE = 8 * 1024 * 1024  # the largest message we reassemble
 MAX_CHUNK_SIZE = 0xFFFFFF  # a chunk can never need to be larger than the largest message
 EXTENDED = 0xFFFFFF
 
@@ -72,8 +73,8 @@ class _ChunkStream:
 class ChunkDecoder:
     """Reassemble messages from chunks. Feed with ``feed``; raises ``ProtocolError``."""
 
-    def __init__(self, *, max_message_size: int = 8 * 1024 * 1024, max_chunk_streams: int = 64,
-                 max_buffered: int | None = None) -> None:
+    def __init__(self, *, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+                 max_chunk_streams: int = 64, max_buffered: int | None = None) -> None:
         self.chunk_size = DEFAULT_CHUNK_SIZE
         self.max_message_size = max_message_size
         self.max_chunk_streams = max_chunk_streams

@@ -18,13 +18,12 @@ from arcly.engine.frame import FrameKind
 from arcly.media import amf0
 
 from . import chunk
-from .chunk import ChunkDecoder, Message, encode_message
+from .chunk import DEFAULT_MAX_MESSAGE_SIZE, ChunkDecoder, Message, encode_message
 from .events import (
     Connected,
     Event,
     HandshakeDone,
     MediaReceived,
-    PauseRequested,
     PlayRequested,
     PublishRequested,
     StreamClosed,
@@ -50,6 +49,7 @@ UC_PING_REQUEST = 6
 UC_PING_RESPONSE = 7
 
 WINDOW_ACK_SIZE = 2_500_000
+OUT_CHUNK_SIZE = 4096  # the chunk size we send with (the peer chooses its own)
 SET_DATA_FRAME = amf0.encode("@setDataFrame")
 MAX_STREAMS = 16
 
@@ -64,7 +64,8 @@ class State(enum.Enum):
 class RtmpConnection:
     """One server-side RTMP connection, no I/O."""
 
-    def __init__(self, *, chunk_size: int = 4096, max_message_size: int = 8 * 1024 * 1024,
+    def __init__(self, *, chunk_size: int = OUT_CHUNK_SIZE,
+                 max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
                  fms_version: str = "FMS/3,5,7,7009") -> None:
         self.state = State.HANDSHAKE
         self.out_chunk_size = chunk_size
@@ -267,8 +268,7 @@ class RtmpConnection:
             if sid:
                 events.append(StreamClosed(sid, name))
         elif name == "pause":
-            paused = bool(args[1]) if len(args) > 1 else True
-            events.append(PauseRequested(stream_id, paused))
+            pass  # a live stream does not pause: a player that stops reading falls behind
         elif txid and name not in ("_result", "_error", "onBWDone", "_checkbw"):
             self._command(0, "_error", txid, None,
                           {"level": "error", "code": "NetConnection.Call.Failed",
@@ -346,9 +346,6 @@ class RtmpConnection:
         self._status(stream_id, "status", "NetStream.Play.UnpublishNotify",
                      f"{name} is now unpublished.")
         self._status(stream_id, "status", "NetStream.Play.Stop", f"Stopped playing {name}.")
-
-    def ping(self, now: float) -> None:
-        self._user_control(UC_PING_REQUEST, int((now - (self._epoch or 0)) * 1000) & 0xFFFFFFFF)
 
     def close(self) -> None:
         self.state = State.CLOSED

@@ -61,9 +61,3 @@ class MediaReceived(Event):
     kind: FrameKind
     timestamp: int
     payload: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class PauseRequested(Event):
-    stream_id: int
-    paused: bool

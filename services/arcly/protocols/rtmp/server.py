@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 from urllib.parse import parse_qsl
@@ -22,6 +21,7 @@ from arcly.engine import (
     AuthRequest,
     Frame,
     InvalidStreamKey,
+    NullObserver,
     Observer,
     ProtocolError,
     PublishHandle,
@@ -34,16 +34,12 @@ from arcly.engine import (
 )
 from arcly.media.flv import make_frame
 from arcly.protocols.egress import DEFAULT_COALESCE, deliver, limit_send_buffer
-from arcly.protocols.listener import (
-    Admission,
-    close_writer,
-    peer_ip,
-    peer_name,
-    start_listener,
-)
+from arcly.protocols.listener import Admission, Listener, close_writer, peer_name
 
-from .connection import RtmpConnection, State, media_chunks
+from .chunk import DEFAULT_MAX_MESSAGE_SIZE
+from .connection import OUT_CHUNK_SIZE, RtmpConnection, State, media_chunks
 from .events import (
+    Connected,
     Event,
     HandshakeDone,
     MediaReceived,
@@ -59,8 +55,8 @@ log = logging.getLogger("arcly.rtmp")
 class RtmpSettings:
     """Limits and timeouts of the RTMP listener (seconds, bytes)."""
 
-    chunk_size: int = 4096
-    max_message_size: int = 8 * 1024 * 1024
+    chunk_size: int = OUT_CHUNK_SIZE
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     handshake_timeout: float = 10.0
     command_timeout: float = 10.0
     publish_idle_timeout: float = 30.0
@@ -77,48 +73,30 @@ class RtmpServer:
     name = "rtmp"
 
     def __init__(self, host: str, port: int, settings: RtmpSettings | None = None, *,
-                 admission: Admission | None = None,
-                 observer: Callable[[], Observer] | None = None) -> None:
-        self.admission = admission or Admission()
-        self.observer = observer
-        self.publishers = 0
-        self.host = host
-        self.port = port
+                 admission: Admission | None = None, observer: Observer | None = None) -> None:
         self.settings = settings or RtmpSettings()
-        self.addresses: list[tuple[str, int]] = []
-        self.ready = asyncio.Event()
+        self.admission = admission or Admission()
+        self.observer = observer or NullObserver()
+        self.publishers = 0
+        self.listener = Listener("rtmp", host, port, self.admission,
+                                 read_limit=self.settings.read_size)
         self._sessions: set[_Session] = set()
 
     async def run(self, registry: PublishRegistry, shutdown: ShutdownToken) -> None:
         async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            ip = peer_ip(writer)
-            if not self.admission.open_connection(ip):
-                writer.transport.abort()
-                return
             session = _Session(self, registry, reader, writer)
             self._sessions.add(session)
             try:
                 await session.run()
             finally:
                 self._sessions.discard(session)
-                self.admission.close_connection(ip)
 
-        server, self.addresses = await start_listener("rtmp", self.host, self.port, on_client,
-                                                      limit=self.settings.read_size)
-        self.ready.set()
-        try:
-            await shutdown.wait()
-        finally:
-            server.close()  # stop accepting first
+        async def goodbye() -> None:
             log.info("rtmp stopping sessions=%d", len(self._sessions))
             for session in list(self._sessions):
                 await session.shutdown()
-            for _ in range(100):  # give sessions up to ~5 s to flush their goodbyes
-                if not self._sessions:
-                    break
-                await asyncio.sleep(0.05)
-            for session in list(self._sessions):
-                session.abort()
+
+        await self.listener.serve(on_client, shutdown, goodbye=goodbye)
 
 
 class _PublishPath(asyncio.Protocol):
@@ -317,8 +295,11 @@ class _Session:
                 await self._play(event)
             elif isinstance(event, StreamClosed):
                 await self._close_stream(event.stream_id, event.command)
-            elif isinstance(event, HandshakeDone) and self.server.observer is not None:
-                self.server.observer().on_handshake(
+            elif isinstance(event, Connected):
+                log.debug("rtmp connect peer=%s app=%s tc_url=%s", self.peer, event.app[:128],
+                          event.tc_url[:256])
+            elif isinstance(event, HandshakeDone):
+                self.server.observer.on_handshake(
                     "rtmp", self.peer, "digest" if event.digest else "simple",
                     asyncio.get_running_loop().time() - self.started)
 
@@ -348,7 +329,7 @@ class _Session:
             return
         try:
             key, grant = await self._admit(Action.PUBLISH, event.name, event.query)
-            if admission.max_publishers <= self.server.publishers:
+            if admission.limits.max_publishers <= self.server.publishers:
                 admission.refuse("max_publishers", f"peer={self.peer} stream={key}")
                 self.conn.reject_publish(sid, "NetStream.Publish.Rejected",
                                          "too many publishers on this node")
@@ -398,10 +379,7 @@ class _Session:
         try:
             key, _ = await self._admit(Action.PLAY, event.name, event.query)
             sub = await self.registry.subscribe(key, protocol="rtmp", peer=self.peer)
-            if len(sub.stream.subscribers) > self.server.admission.max_viewers_per_stream:
-                sub.close("refused: too many viewers")
-                self.server.admission.refuse("max_viewers_per_stream",
-                                             f"peer={self.peer} stream={key}")
+            if not self.server.admission.admit_viewer(sub, self.peer):
                 self.conn.reject_play(sid, "NetStream.Play.Failed",
                                       "too many viewers on this stream")
                 self.closing = "play refused"
@@ -466,9 +444,6 @@ class _Session:
             await self.registry.end_publish(key, "shutdown")
         self._flush()
         self.writer.transport.close()
-
-    def abort(self) -> None:
-        self.writer.transport.abort()
 
     async def _teardown(self, reason: str) -> None:
         self.conn.close()

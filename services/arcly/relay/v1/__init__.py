@@ -1,1 +1,1 @@
-"""Generated gRPC stubs of protos/arcly/relay/v1 (make proto)."""
+"""Generated protobuf messages of protos/arcly/relay/v1 (``make proto``)."""

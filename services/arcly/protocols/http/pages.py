@@ -1,4 +1,5 @@
-"""A minimal player page per stream, and the static player scripts it loads.
+"""Pages for people: the status page at ``/``, a minimal player page per stream, and the static
+player scripts they load.
 
 ``/play/{app}/{stream}`` plays HLS with hls.js (or natively where the browser can, as Safari
 does); ``?type=flv`` plays HTTP-FLV with mpegts.js. The scripts are served from the node's
@@ -12,7 +13,9 @@ import html
 import re
 from pathlib import Path
 
-from arcly.engine import StreamKey
+from arcly.engine import InvalidStreamKey, StreamKey
+
+from .exchange import HTML, Exchange
 
 STATIC_DIR = Path(__file__).with_name("static")
 _STATIC_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{0,63}\.js")
@@ -71,5 +74,24 @@ def status_page() -> str:
         "__MPEGTS__", _script("mpegts.js"))
 
 
-def openapi_document() -> bytes:
-    return Path(__file__).with_name("openapi.json").read_bytes()
+async def serve_status(exchange: Exchange, params: dict[str, str]) -> None:
+    exchange.respond(200, status_page(), HTML)
+
+
+async def serve_static(exchange: Exchange, params: dict[str, str]) -> None:
+    script = static_file(params["name"])
+    if script is None:
+        exchange.respond(404, "not found\n")
+    else:
+        exchange.respond(200, script, "text/javascript; charset=utf-8",
+                         {"Cache-Control": "public, max-age=3600"})
+
+
+async def serve_player(exchange: Exchange, params: dict[str, str]) -> None:
+    try:
+        key = StreamKey(params["app"], params["stream"])
+    except InvalidStreamKey as exc:
+        exchange.respond(404, f"{exc}\n")
+        return
+    kind = "flv" if exchange.request.query.get("type") == "flv" else "hls"
+    exchange.respond(200, player_page(key, kind=kind), HTML)

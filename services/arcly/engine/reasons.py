@@ -1,0 +1,21 @@
+"""Why things end, where code decides on it.
+
+Reasons are mostly words for people (logs, spans, the API: "unpublished", "kicked via API by
+…"), but a few steer control flow: a subscriber cut for being too slow loses its backlog, the
+relay answers it with ``RESOURCE_EXHAUSTED``, its span is an error. Those are members here, and
+code compares with the member, never with text. A member *is* its text (``StrEnum``), so what
+people read stays the same.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class CloseReason(enum.StrEnum):
+    SLOW_VIEWER = "slow viewer"
+    """A subscriber that kept falling behind (or whose socket stayed blocked) was cut."""
+    CLIENT_CLOSED = "client closed"
+    """The client went away or stopped on its own."""
+    SHUTDOWN = "shutdown"
+    """The node is stopping."""

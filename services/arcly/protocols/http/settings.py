@@ -1,0 +1,16 @@
+"""Limits and timeouts of the HTTP listener (seconds, bytes)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from arcly.protocols.egress import DEFAULT_COALESCE
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSettings:
+    header_timeout: float = 10.0
+    write_buffer_high: int = 512 * 1024
+    stall_timeout: float = 10.0
+    viewer_send_buffer: int = 256 * 1024
+    write_coalesce: float = DEFAULT_COALESCE  # 0: write every frame the moment it arrives
