@@ -71,7 +71,10 @@ class PerApp:
 
 
 def _keys(section: Mapping[str, Any], name: str, where: str) -> frozenset[str]:
-    keys = list(section.get(name, []))
+    listed = section.get(name, [])
+    if not isinstance(listed, list):  # a string would become one key per character
+        raise AuthConfigError(f"{where}: {name} must be a list of strings, like [\"key\"]")
+    keys = list(listed)
     path = section.get(f"{name}_file")
     if path:
         try:
@@ -82,6 +85,13 @@ def _keys(section: Mapping[str, Any], name: str, where: str) -> frozenset[str]:
     if not all(isinstance(k, str) and k for k in keys):
         raise AuthConfigError(f"{where}: {name} must be non-empty strings")
     return frozenset(keys)
+
+
+def _number(section: Mapping[str, Any], name: str, default: float, where: str) -> float:
+    value = section.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise AuthConfigError(f"{where}: {name} must be a number of seconds, not {value!r}")
+    return float(value)
 
 
 def build_provider(section: Mapping[str, Any], where: str, *, node: str = "") -> AuthProvider:
@@ -99,7 +109,7 @@ def build_provider(section: Mapping[str, Any], where: str, *, node: str = "") ->
             actions = frozenset(Action(a) for a in section.get("actions", ["publish", "play"]))
         except ValueError as exc:
             raise AuthConfigError(f"{where}: actions are 'publish' and 'play'") from exc
-        return SignedTokens(secret, actions, float(section.get("skew", 30)))
+        return SignedTokens(secret, actions, _number(section, "skew", 30, where))
     if kind == "webhook":
         policy = section.get("on_failure", "deny")
         if policy not in ("deny", "allow"):
@@ -112,9 +122,10 @@ def build_provider(section: Mapping[str, Any], where: str, *, node: str = "") ->
         return Webhooks(on_publish=hooks["on_publish"], on_play=hooks["on_play"],
                         on_publish_done=hooks["on_publish_done"],
                         on_play_done=hooks["on_play_done"],
-                        timeout=float(section.get("timeout", 3.0)),
+                        timeout=_number(section, "timeout", 3.0, where),
                         on_failure=policy,
-                        cache_seconds=float(section.get("cache_seconds", 5.0)), node=node)
+                        cache_seconds=_number(section, "cache_seconds", 5.0, where),
+                        node=node)
     raise AuthConfigError(f"{where}: unknown provider {kind!r} (one of {', '.join(PROVIDERS)})")
 
 

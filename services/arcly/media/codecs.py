@@ -155,7 +155,10 @@ class AacConfig:
 
     def adts_header(self, payload_len: int) -> bytes:
         """The 7-byte ADTS header for one raw AAC frame (ISO 14496-3 §1.A.2)."""
-        profile = min(max(self.object_type, 1), 4) - 1  # HE-AAC is signalled implicitly
+        # HE-AAC (SBR, 5) and HE-AACv2 (PS, 29) travel as AAC-LC at the core rate: decoders
+        # find the SBR/PS data themselves (implicit signalling, what ffmpeg writes too).
+        core = 2 if self.object_type in (5, 29) else self.object_type
+        profile = min(max(core, 1), 4) - 1
         length = payload_len + 7
         if length > 0x1FFF:
             raise ProtocolError(f"AAC frame of {payload_len} bytes too large for ADTS")
