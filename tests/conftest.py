@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -85,7 +84,8 @@ def publish(ffmpeg: str, source_flv: Path) -> Iterator[Callable[[Node, str], Ffm
         pub = FfmpegPublisher(ffmpeg, source_flv, f"rtmp://127.0.0.1:{target.rtmp}/{key}")
         publishers.append(pub)
         target.wait_for_log(rf"publish start stream={key} ", timeout=20)
-        time.sleep(0.3)  # let the first frames (sequence headers, a keyframe) arrive
+        # Sequence headers (audio, video), metadata and a keyframe: a viewer can start.
+        target.wait_for_stream(key, frames=8)
         return pub
 
     try:

@@ -20,6 +20,7 @@ from arcly.auth import tokens
 from tests.support.media import load_tags
 from tests.support.processes import Node
 from tests.support.rtmp_client import RtmpClient
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 SECRET = "token-secret"
@@ -123,7 +124,8 @@ def publish_status(node: Node, app: str, name: str, tags: list[Any] | None = Non
             for tag in tags:
                 client.send_media(tag.tag_type, tag.timestamp, tag.body)
             await client.writer.drain()
-            await asyncio.sleep(0.3)
+            await asyncio.to_thread(node.wait_for_stream, f"{app}/{name.partition('?')[0]}",
+                                    len(tags))
         await client.close()
         return status.code
     return asyncio.run(run())
@@ -194,7 +196,7 @@ def test_static_keys_guard_publish_play_flv_and_hls(secured: Node, source_flv: P
     assert publish_status(secured, "static", "cam?key=wrong") == "NetStream.Publish.Unauthorized"
     live = LivePublisher(secured, "static", "cam?key=pk", tags[:400])
     assert live.status == "NetStream.Publish.Start"
-    time.sleep(0.5)
+    secured.wait_for_stream("static/cam", frames=8)
     assert play_status(secured, "static", "cam") == "NetStream.Play.Failed"
     assert play_status(secured, "static", "cam?key=vk") == "NetStream.Play.Start"
     base = f"http://127.0.0.1:{secured.http}/static/cam"
@@ -245,10 +247,8 @@ def test_webhooks_see_nginx_style_json_and_failures_follow_policy(
     assert publish_status(secured, "hooked", "no-entry") == "NetStream.Publish.Unauthorized"
     assert publish_status(secured, "hooked", "welcome?sign=abc", tags) == \
         "NetStream.Publish.Start"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not any(
-            c["_path"] == "/on_publish_done" for c in hooks.calls):
-        time.sleep(0.1)
+    wait_until(lambda: any(c["_path"] == "/on_publish_done" for c in hooks.calls),
+               message="no on_publish_done call")
     by_path = {c["_path"]: c for c in hooks.calls if c["stream"] == "welcome"}
     call = by_path["/on_publish"]
     assert call["action"] == "on_publish" and call["app"] == "hooked"
@@ -294,7 +294,7 @@ def test_each_provider_guards_play_over_rtmp_flv_and_hls(
     live = LivePublisher(secured, app, f"show?{publish_q}" if publish_q else "show",
                          load_tags(source_flv)[:500])
     assert live.status == "NetStream.Publish.Start"
-    time.sleep(0.5)
+    secured.wait_for_stream(f"{app}/show", frames=8)
     assert play_status(secured, app, f"show?{refused}") == "NetStream.Play.Failed"
     assert play_status(secured, app, f"show?{allowed}" if allowed else "show") == \
         "NetStream.Play.Start"

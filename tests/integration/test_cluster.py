@@ -23,6 +23,7 @@ from tests.conftest import FPS
 from tests.support.flv_reader import HttpFlvReader, first_video_frames
 from tests.support.processes import FfmpegPublisher, Node, RedisServer
 from tests.support.rtmp_client import RtmpClient
+from tests.support.wait import eventually, wait_until
 
 pytestmark = pytest.mark.integration
 TOKEN = "test-relay-token"
@@ -39,6 +40,14 @@ def cluster_node(node_factory: NodeFactory, role: str, redis: RedisServer, node_
 def api(node: Node, path: str) -> dict:  # type: ignore[type-arg]
     with urllib.request.urlopen(f"http://127.0.0.1:{node.http}{path}", timeout=10) as resp:
         return json.load(resp)  # type: ignore[no-any-return]
+
+
+def status(node: Node, path: str) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{node.http}{path}", timeout=10) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
 
 
 def relay_peers(origin: Node, key: str) -> list[str]:
@@ -233,15 +242,11 @@ def test_redis_outage_does_not_cut_live_streams_and_nodes_reregister(
 
     longest = asyncio.run(scenario())
     assert longest < 1.0, f"viewers kept receiving during the outage (longest gap {longest:.2f}s)"
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        nodes = redis_server.command("SMEMBERS", "arcly:nodes")
-        owner = redis_server.command("GET", "arcly:owner:live/outage")
-        if "o1" in nodes and "e1" in nodes and "o1|" in owner:
-            break
-        time.sleep(0.3)
-    assert "o1" in nodes and "e1" in nodes, "node records reappear"
-    assert "o1|" in owner, "the origin holds its key again"
+    wait_until(lambda: {"o1", "e1"} <= set(
+        redis_server.command("SMEMBERS", "arcly:nodes").split()), timeout=15,
+        message="node records reappear")
+    wait_until(lambda: "o1|" in redis_server.command("GET", "arcly:owner:live/outage"),
+               timeout=15, message="the origin holds its key again")
     record = redis_server.command("HGETALL", "arcly:stream:live/outage")
     assert "last_frame_at" in record and "relay" in record
     assert "registry unreachable" in origin.log_text()
@@ -360,10 +365,10 @@ def test_sigterm_drains_an_edge_before_it_exits(
         await viewer.read_header()
         await viewer.next_tag()
         os.kill(edge.pid, signal.SIGTERM)  # our own node, by pid
-        await asyncio.sleep(1.0)
-        with pytest.raises(urllib.error.HTTPError) as ready:
-            await asyncio.to_thread(api, edge, "/readyz")
-        assert ready.value.code == 503
+        async def not_ready() -> bool:
+            return await asyncio.to_thread(status, edge, "/readyz") == 503
+
+        await eventually(not_ready, message="readiness never turned false")
         assert "draining" in redis_server.command("HGET", "arcly:node:e1", "state")
         newcomer = await HttpFlvReader.open(edge.http, "/live/drain.flv")
         assert newcomer.status == 503, "no new viewers while draining"

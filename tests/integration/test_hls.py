@@ -14,6 +14,7 @@ import pytest
 
 from tests.conftest import GOP_SECONDS, HEIGHT, WIDTH
 from tests.support.processes import FfmpegPublisher, Node
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 TARGET = 2.0
@@ -79,13 +80,8 @@ def test_hls_plays_in_ffmpeg_and_follows_the_rules(
 
     publisher.stop()
     node.wait_for_log(r"publish end stream=live/hls ")
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        final = m3u8.loads(fetch(f"{base}/index.m3u8")[2].decode())
-        if final.is_endlist:
-            break
-        time.sleep(0.2)
-    assert final.is_endlist, "the playlist ends when the stream ends"
+    wait_until(lambda: m3u8.loads(fetch(f"{base}/index.m3u8")[2].decode()).is_endlist,
+               message="the playlist ends when the stream ends")
 
 
 def test_hls_for_unknown_stream_is_404(node: Node) -> None:

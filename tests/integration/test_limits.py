@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import socket
@@ -19,6 +20,7 @@ from arcly.protocols.rtmp import chunk
 from arcly.protocols.rtmp.chunk import encode_message
 from tests.integration.test_robustness import _handshake
 from tests.support.processes import FfmpegPublisher, Node
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -115,10 +117,22 @@ def test_malformed_input_after_handshake_closes_and_memory_stays_bounded(
         assert resp.read(13)[:3] == b"FLV"
 
 
+def node_document(node: Node, source: str) -> dict:  # type: ignore[type-arg]
+    connection = http.client.HTTPConnection("127.0.0.1", node.http, timeout=10,
+                                            source_address=(source, 0))
+    try:
+        connection.request("GET", "/api/v1/node")
+        return json.loads(connection.getresponse().read())  # type: ignore[no-any-return]
+    finally:
+        connection.close()
+
+
 def test_connection_caps_refuse_and_count(node_factory: Callable[..., Node]) -> None:
     node = node_factory("--max-connections-per-ip", "5")
     held = [socket.create_connection(("127.0.0.1", node.rtmp)) for _ in range(5)]
-    time.sleep(0.3)
+    # Asked from another loopback address (this one is at its cap): 5 held + that request.
+    wait_until(lambda: node_document(node, source="127.0.0.2")["connections"] == 6,
+               message="the held connections were never admitted")
     extra = [socket.create_connection(("127.0.0.1", node.rtmp)) for _ in range(3)]
     try:
         assert all(_closed_within(sock, 5) for sock in extra), "over the cap: closed at once"
@@ -126,8 +140,7 @@ def test_connection_caps_refuse_and_count(node_factory: Callable[..., Node]) -> 
     finally:
         for sock in held + extra:
             sock.close()
-    time.sleep(0.3)  # the held slots are free again
-    with urllib.request.urlopen(f"http://127.0.0.1:{node.http}/api/v1/node", timeout=10) as resp:
-        document = json.load(resp)
+    document = wait_until(lambda: (doc := node.api("/node"))["connections"] == 1 and doc,
+                          message="the held slots are never free again")
     assert document["limits_hit"]["max_connections_per_ip"] == 3
     node.wait_for_log(r"limit hit limit=max_connections_per_ip")

@@ -13,7 +13,9 @@ from pathlib import Path
 import m3u8
 import pytest
 
+from tests.support.media import load_tags
 from tests.support.processes import FfmpegPublisher, Node
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -32,6 +34,17 @@ def decoded_seconds(ffmpeg: str, path: Path) -> tuple[float, str]:
     times = [int(line.split("=")[1]) for line in result.stdout.splitlines()
              if line.startswith("out_time_us=") and line.split("=")[1].isdigit()]
     return (max(times) / 1e6 if times else 0.0), result.stderr.strip()
+
+
+def recorded_at_least(folder: Path, source: Path, seconds: float) -> None:
+    """Wait until the recording under ``folder`` holds about ``seconds`` of ``source`` (judged
+    by size, at the source's bytes per second)."""
+    rate = source.stat().st_size / (load_tags(source)[-1].timestamp / 1000)
+
+    def long_enough() -> bool:
+        return any(f.stat().st_size >= rate * seconds for f in folder.glob("*.flv"))
+
+    wait_until(long_enough, timeout=seconds + 20, message=f"no {seconds} s recording")
 
 
 def test_ten_second_publish_records_a_playable_flv_and_hls_vod(
@@ -58,11 +71,11 @@ def test_ten_second_publish_records_a_playable_flv_and_hls_vod(
 
 def test_sigterm_mid_publish_finalizes_the_recording(
         node_factory: Callable[..., Node], publish: Callable[[Node, str], FfmpegPublisher],
-        ffmpeg: str, ffprobe: str, tmp_path: Path) -> None:
+        ffmpeg: str, ffprobe: str, source_flv: Path, tmp_path: Path) -> None:
     node = node_factory("--record", str(tmp_path))
     publish(node, "live/cut")
     started = time.monotonic()
-    time.sleep(4)
+    recorded_at_least(tmp_path / "live/cut", source_flv, seconds=2.5)
     assert node.terminate() == 0
     elapsed = time.monotonic() - started
     assert "recording finalized stream=live/cut" in node.log_text()
@@ -75,10 +88,10 @@ def test_sigterm_mid_publish_finalizes_the_recording(
 
 def test_a_crash_leaves_a_recording_readable_up_to_the_last_complete_tag(
         node_factory: Callable[..., Node], publish: Callable[[Node, str], FfmpegPublisher],
-        ffmpeg: str, tmp_path: Path) -> None:
+        ffmpeg: str, source_flv: Path, tmp_path: Path) -> None:
     node = node_factory("--record", str(tmp_path))
     publish(node, "live/crash")
-    time.sleep(4)
+    recorded_at_least(tmp_path / "live/crash", source_flv, seconds=2.5)
     os.kill(node.pid, signal.SIGKILL)  # our own node, by pid
     node.proc.wait(10)
     recording = next(tmp_path.glob("live/crash/*.flv"))

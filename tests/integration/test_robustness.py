@@ -19,6 +19,7 @@ from tests.support.flv_reader import HttpFlvReader
 from tests.support.media import load_tags
 from tests.support.processes import FfmpegPublisher, Node
 from tests.support.rtmp_client import RtmpClient
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +38,9 @@ def test_viewer_that_stops_reading_is_bounded_and_does_not_delay_others(
         stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         stalled.connect(("127.0.0.1", node.http))
         stalled.sendall(b"GET /live/slow.flv HTTP/1.1\r\nHost: x\r\n\r\n")
-        await asyncio.sleep(1.0)
+        await eventually(lambda: asyncio.to_thread(
+            lambda: node.stream("live/slow")["viewers"]["flv"] == 1),
+            message="the stalled viewer never joined")
         rss_start = node.rss_kib()
 
         healthy = await HttpFlvReader.open(node.http, "/live/slow.flv")

@@ -91,7 +91,7 @@ def test_publisher_disconnect_ends_stream_for_viewers_and_frees_key(
         for tag in tags[:100]:
             pub.send_media(tag.tag_type, tag.timestamp, tag.body)
         await pub.writer.drain()
-        await asyncio.sleep(0.3)
+        await asyncio.to_thread(node.wait_for_stream, "live/gone", 100)
 
         rtmp_viewer = await RtmpClient.connect("127.0.0.1", node.rtmp, "live")
         assert (await rtmp_viewer.play("gone")).code == "NetStream.Play.Start"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
@@ -27,6 +26,7 @@ from tests.support.flv_reader import HttpFlvReader
 from tests.support.media import load_tags
 from tests.support.processes import FfmpegPublisher, Node, RedisServer
 from tests.support.rtmp_client import RtmpClient
+from tests.support.wait import eventually, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -35,6 +35,14 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
 def in_memory_exporter() -> InMemorySpanExporter:
@@ -67,15 +75,16 @@ def test_publish_relay_play_spans_form_one_story(redis_server: RedisServer,
                      tokens[0], telemetry=True)),
                  asyncio.create_task(run_node("edge", config(
                      "e1", ports["e_rtmp"], ports["e_http"]), tokens[1], telemetry=True))]
-        await asyncio.sleep(1.0)
+        await eventually(lambda: all(accepts(ports[p]) for p in ("o_rtmp", "o_grpc", "e_http")),
+                         message="the nodes never listened")
         publisher = await RtmpClient.connect("127.0.0.1", ports["o_rtmp"], "live")
         assert (await publisher.publish("tel")).code == "NetStream.Publish.Start"
         for tag in tags:
             publisher.send_media(tag.tag_type, tag.timestamp, tag.body)
         await publisher.writer.drain()
-        await asyncio.sleep(0.5)
-        record = redis_server.command("HGET", "arcly:stream:live/tel", "trace")
-        assert "00-" in record, "the session's trace context is in its registry record"
+        await eventually(lambda: "00-" in redis_server.command(
+            "HGET", "arcly:stream:live/tel", "trace"),
+            message="the session's trace context never reached its registry record")
         viewer = await HttpFlvReader.open(ports["e_http"], "/live/tel.flv")
         assert viewer.status == 200
         await viewer.read_header()
@@ -83,7 +92,9 @@ def test_publish_relay_play_spans_form_one_story(redis_server: RedisServer,
             await viewer.next_tag()
         await viewer.close()
         await publisher.close()
-        await asyncio.sleep(1.0)
+        await eventually(lambda: {"publish live/tel", "relay live/tel", "play live/tel"} <= {
+            span.name for span in exporter.get_finished_spans()},
+            message="the sessions' spans never ended")
         for token in tokens:
             token.cancel()
         await asyncio.wait_for(asyncio.gather(*nodes), 30)
@@ -165,7 +176,9 @@ def test_a_real_node_exports_spans_and_metrics_over_otlp_grpc(
             await viewer.close()
 
         asyncio.run(play())
-        time.sleep(2.5)  # a metrics export interval or two
+        wait_until(lambda: {"arcly.publishers", "arcly.viewers", "arcly.stream.bytes_in",
+                            "arcly.play.time_to_first_frame"} <= collector.metric_names,
+                   message="no metrics exported")
         publisher.stop()
         node.wait_for_log(r"publish end stream=live/otlp ")
         assert node.terminate() == 0  # flushes the exporters

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -9,7 +10,12 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
+
+from tests.support.wait import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 _LISTEN = re.compile(r"listening protocol=(\w+) address=([\d.]+):(\d+)")
@@ -25,6 +31,9 @@ class Node:
         if role == "origin":
             base += ["--grpc-listen", "127.0.0.1:0"]
         self.expect = {"rtmp", "http"} | ({"relay"} if role == "origin" else set())
+        given = [*args, *(cmd or [])]
+        self.api_token = (given[given.index("--api-token") + 1] if "--api-token" in given
+                          else (env or {}).get("ARCLY_API_TOKEN", ""))
         self.proc = subprocess.Popen([*base, *args], stderr=subprocess.PIPE,
                                      stdout=subprocess.DEVNULL, text=True, cwd=REPO,
                                      env={**os.environ, **(env or {})}, start_new_session=True)
@@ -76,6 +85,30 @@ class Node:
                     return line
             time.sleep(0.05)
         raise AssertionError(f"no log line matching {pattern!r}:\n{self.log_text()}")
+
+    def api(self, path: str) -> Any:
+        """GET ``/api/v1{path}`` (with the node's API token, if it has one) as JSON."""
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http}/api/v1{path}")
+        if self.api_token:
+            request.add_header("Authorization", f"Bearer {self.api_token}")
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return json.load(resp)
+
+    def stream(self, key: str) -> dict[str, Any] | None:
+        """The API's document of ``key`` (``app/stream``), None while it is not live."""
+        try:
+            document: dict[str, Any] = self.api(f"/streams/{key}")
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            raise
+        return document
+
+    def wait_for_stream(self, key: str, frames: int = 2, timeout: float = 10.0) -> dict[str, Any]:
+        """Wait until ``key`` is live with at least ``frames`` frames in (by default: its
+        sequence headers and a first frame, enough for a viewer to start)."""
+        return wait_until(lambda: (doc := self.stream(key)) and doc["frames_in"] >= frames
+                          and doc, timeout, message=f"{key} never had {frames} frames")
 
     def rss_kib(self) -> int:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
