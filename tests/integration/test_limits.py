@@ -140,7 +140,7 @@ def test_connection_caps_refuse_and_count(node_factory: Callable[..., Node]) -> 
     finally:
         for sock in held + extra:
             sock.close()
-    document = wait_until(lambda: (doc := node.api("/node"))["connections"] == 1 and doc,
-                          message="the held slots are never free again")
+    document = wait_until(lambda: (doc := node_document(node, source="127.0.0.2"))[
+        "connections"] == 1 and doc, message="the held slots are never free again")
     assert document["limits_hit"]["max_connections_per_ip"] == 3
     node.wait_for_log(r"limit hit limit=max_connections_per_ip")

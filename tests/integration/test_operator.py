@@ -23,9 +23,14 @@ from arcly.cluster.registry import RegistrySettings
 from arcly.engine import StreamKey
 from arcly_operator import decisions
 from tests.support.processes import RedisServer
-from tests.support.wait import eventually
+from tests.support.wait import eventually as _eventually
 
 pytestmark = pytest.mark.integration
+
+
+async def eventually(check: Any, timeout: float = 15.0) -> Any:
+    """kopf on two busy cores can take a while: a longer deadline than the default."""
+    return await _eventually(check, timeout=timeout)
 NS = "media"
 LABELS = {"app.kubernetes.io/part-of": "arcly", "app.kubernetes.io/instance": "demo"}
 

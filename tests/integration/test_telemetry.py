@@ -37,12 +37,13 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def accepts(port: int) -> bool:
+async def accepts(port: int) -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
+        _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 1)
+    except (OSError, TimeoutError):
         return False
+    writer.close()
+    return True
 
 
 def in_memory_exporter() -> InMemorySpanExporter:
@@ -75,8 +76,10 @@ def test_publish_relay_play_spans_form_one_story(redis_server: RedisServer,
                      tokens[0], telemetry=True)),
                  asyncio.create_task(run_node("edge", config(
                      "e1", ports["e_rtmp"], ports["e_http"]), tokens[1], telemetry=True))]
-        await eventually(lambda: all(accepts(ports[p]) for p in ("o_rtmp", "o_grpc", "e_http")),
-                         message="the nodes never listened")
+        async def listening() -> bool:
+            return all([await accepts(ports[p]) for p in ("o_rtmp", "o_grpc", "e_http")])
+
+        await eventually(listening, message="the nodes never listened")
         publisher = await RtmpClient.connect("127.0.0.1", ports["o_rtmp"], "live")
         assert (await publisher.publish("tel")).code == "NetStream.Publish.Start"
         for tag in tags:

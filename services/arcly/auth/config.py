@@ -29,6 +29,7 @@ names a file.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tomllib
 from collections.abc import Mapping
@@ -87,11 +88,19 @@ def _keys(section: Mapping[str, Any], name: str, where: str) -> frozenset[str]:
     return frozenset(keys)
 
 
-def _number(section: Mapping[str, Any], name: str, default: float, where: str) -> float:
-    value = section.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+def _number(section: Mapping[str, Any], name: str, provider: type, where: str) -> float:
+    """A number of seconds (a numeric string too); the provider's own default when absent."""
+    if name not in section:
+        default = next(f.default for f in dataclasses.fields(provider) if f.name == name)
+        return float(default)  # type: ignore[arg-type]
+    value = section[name]
+    try:
+        number = float(value) if not isinstance(value, bool) else -1.0
+    except (TypeError, ValueError):
+        number = -1.0
+    if not number >= 0:
         raise AuthConfigError(f"{where}: {name} must be a number of seconds, not {value!r}")
-    return float(value)
+    return number
 
 
 def build_provider(section: Mapping[str, Any], where: str, *, node: str = "") -> AuthProvider:
@@ -109,7 +118,7 @@ def build_provider(section: Mapping[str, Any], where: str, *, node: str = "") ->
             actions = frozenset(Action(a) for a in section.get("actions", ["publish", "play"]))
         except ValueError as exc:
             raise AuthConfigError(f"{where}: actions are 'publish' and 'play'") from exc
-        return SignedTokens(secret, actions, _number(section, "skew", 30, where))
+        return SignedTokens(secret, actions, _number(section, "skew", SignedTokens, where))
     if kind == "webhook":
         policy = section.get("on_failure", "deny")
         if policy not in ("deny", "allow"):
@@ -122,9 +131,9 @@ def build_provider(section: Mapping[str, Any], where: str, *, node: str = "") ->
         return Webhooks(on_publish=hooks["on_publish"], on_play=hooks["on_play"],
                         on_publish_done=hooks["on_publish_done"],
                         on_play_done=hooks["on_play_done"],
-                        timeout=_number(section, "timeout", 3.0, where),
+                        timeout=_number(section, "timeout", Webhooks, where),
                         on_failure=policy,
-                        cache_seconds=_number(section, "cache_seconds", 5.0, where),
+                        cache_seconds=_number(section, "cache_seconds", Webhooks, where),
                         node=node)
     raise AuthConfigError(f"{where}: unknown provider {kind!r} (one of {', '.join(PROVIDERS)})")
 

@@ -59,7 +59,7 @@ class SignedTokens:
 
     secret: str
     actions: frozenset[Action] = frozenset({Action.PUBLISH, Action.PLAY})
-    skew: float = 30.0
+    skew: float = tokens.DEFAULT_SKEW
 
     async def authorize(self, request: AuthRequest) -> AuthGrant | None:
         if request.action not in self.actions:

@@ -15,6 +15,8 @@ import hashlib
 import hmac
 import time
 
+DEFAULT_SKEW = 30.0  # seconds of clock difference a token's expiry tolerates
+
 
 def signature(secret: str, action: str, app: str, stream: str, expires: int) -> str:
     message = f"{action}:{app}/{stream}:{expires}".encode()
@@ -29,7 +31,7 @@ def sign(secret: str, action: str, app: str, stream: str, *, ttl: float = 3600,
 
 
 def verify(secret: str, action: str, app: str, stream: str, token: str, expires: str, *,
-           now: float | None = None, skew: float = 30.0) -> bool:
+           now: float | None = None, skew: float = DEFAULT_SKEW) -> bool:
     try:
         until = int(expires)
     except ValueError:

@@ -92,6 +92,7 @@ class NodeRegistry(RegistryClient):
         self._renew = self.redis.register_script(_RENEW)
         self._release = self.redis.register_script(_RELEASE)
         self._held: dict[StreamKey, int] = {}
+        self._streams: HeldStreams | None = None  # the node's, once ``run`` starts
         self._load = NodeLoad()
 
     def _lease_ms(self) -> int:
@@ -200,7 +201,9 @@ class NodeRegistry(RegistryClient):
     # -- heartbeat and state -------------------------------------------------------------------
 
     async def heartbeat(self, load: NodeLoad | None = None) -> None:
-        """Write this node's record (``load``: the last one reported when omitted)."""
+        """Write this node's record with ``load`` (omitted: the running node's load now)."""
+        if load is None and self._streams is not None:
+            load = self._streams.load()
         if load is not None:
             self._load = load
         record: dict[str, str | int | float] = {
@@ -230,10 +233,11 @@ class NodeRegistry(RegistryClient):
 
     async def run(self, stop: asyncio.Event, held: HeldStreams) -> None:
         """Heartbeat and lease renewal until ``stop``; survives Redis outages (backoff)."""
+        self._streams = held
         backoff = self.settings.heartbeat
         while not stop.is_set():
             try:
-                await self.heartbeat(held.load())
+                await self.heartbeat()
                 await self.renew_all(held)
                 self._mark(True)
                 backoff = self.settings.heartbeat

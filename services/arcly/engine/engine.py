@@ -25,6 +25,7 @@ from .extension import (
     Upstream,
 )
 from .key import StreamKey
+from .reasons import CloseReason
 from .shutdown import ShutdownToken, signals_handled
 from .stream import RELAYED, Clock, PublishHandle, Stream, Subscription
 from .timeline import Timeline, TimelineState
@@ -241,7 +242,7 @@ class Engine:
             self._pull_root.cancel()
             await asyncio.gather(*tasks, *self._pulls, return_exceptions=True)
             for key in list(self._streams):
-                await self.end_publish(key, "shutdown")
+                await self.end_publish(key, CloseReason.SHUTDOWN)
         if errors:
             raise errors[0]
 
@@ -266,7 +267,7 @@ class Engine:
         on exhaustion, on a source error (re-raised), on shutdown, or when the publish is
         ended from outside (reaped, kicked)."""
         handle = await self.start_publish(key, protocol=protocol, peer=peer)
-        reason = "source ended"
+        reason: str = "source ended"
 
         async def pump() -> None:
             while True:
@@ -287,7 +288,7 @@ class Engine:
                     log.warning("media source failed stream=%s error=%r", key, exc)
                     raise exc
             elif stop_task.done():
-                reason = "shutdown"
+                reason = CloseReason.SHUTDOWN
         finally:
             for task in (pump_task, stop_task, ended_task):
                 task.cancel()

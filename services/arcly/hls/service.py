@@ -127,7 +127,7 @@ class HlsService(NullObserver):
         if state is not None and (state.runner is not None or self._stopping):
             state.sticky = state.sticky or sticky
             return state
-        if self.registry is None:  # not running (yet, or any more)
+        if self.registry is None:  # not running yet
             return state
         try:
             sub = await self.registry.subscribe(key, protocol="hls", peer="segmenter")

@@ -181,7 +181,7 @@ async def deliver(sub: Subscription, writer: asyncio.StreamWriter,
             if why == "end":
                 return sub.close_reason or "ended"
             if why == "closed":
-                return "client closed"
+                return CloseReason.CLIENT_CLOSED
     finally:
         timer.discard(member)
 
@@ -205,7 +205,7 @@ async def _write_next(sub: Subscription, transport: asyncio.WriteTransport,
     if not batch:
         return sub.close_reason or "ended"
     if transport.is_closing():
-        return "client closed"
+        return CloseReason.CLIENT_CLOSED
     transport.writelines([encode(frame) for frame in batch])
     return ""
 
@@ -216,5 +216,5 @@ async def _drain(writer: asyncio.StreamWriter, stall_timeout: float) -> str:
     except TimeoutError:
         return CloseReason.SLOW_VIEWER
     except ConnectionError:
-        return "client closed"
+        return CloseReason.CLIENT_CLOSED
     return ""

@@ -113,9 +113,6 @@ class Listener:
         self.stopping = False
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
 
-    def __len__(self) -> int:
-        return len(self._connections)
-
     async def serve(self, handle: ClientHandler, shutdown: ShutdownToken, *,
                     goodbye: Callable[[], Awaitable[None]] | None = None) -> None:
         admission = self.admission

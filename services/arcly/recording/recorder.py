@@ -21,6 +21,7 @@ from typing import Any
 
 from arcly.engine import (
     ArclyError,
+    CloseReason,
     EngineConfig,
     Frame,
     FrameKind,
@@ -304,6 +305,6 @@ class RecordingManager(NullObserver):
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5.0)
         for key in list(self.recorders):
-            await registry.end_publish(key, "shutdown")
+            await registry.end_publish(key, CloseReason.SHUTDOWN)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=self.settings.finalize_timeout)

@@ -257,3 +257,10 @@ def test_missing_config_file_is_refused(tmp_path: Path) -> None:
 
 def test_auth_config_error_is_a_value_error_for_callers_that_catch_those() -> None:
     assert issubclass(AuthConfigError, ValueError)
+
+
+def test_timings_written_as_numeric_strings_still_load(tmp_path: Path) -> None:
+    path = write(tmp_path, '[apps.p]\nprovider = "webhook"\ntimeout = "2.5"\n'
+                           'cache_seconds = 0\n')
+    hooks = load_auth(path).apps["p"]
+    assert isinstance(hooks, Webhooks) and (hooks.timeout, hooks.cache_seconds) == (2.5, 0.0)

@@ -23,6 +23,7 @@ from arcly.engine import (
     AuthRequest,
     StreamKey,
 )
+from tests.support.wait import eventually
 
 KEY = StreamKey("live", "cam1")
 PEER = "203.0.113.7:50123"
@@ -42,13 +43,6 @@ async def allowed(provider: AuthProvider, req: AuthRequest) -> bool:
         return False
     return True
 
-
-async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.01)
 
 
 # -- static keys ------------------------------------------------------------------------------

@@ -7,9 +7,11 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
 
 from arcly.cluster.cluster_view import ClusterView
 from arcly.cluster.model import NodeLoad, NodeRole, NodeState
@@ -37,6 +39,17 @@ class Held:
 
     def ownership_lost(self, key: StreamKey, reason: str) -> None:
         self.lost.append((key, reason))
+
+
+async def received(pubsub: PubSub, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+    """The next ``count`` events on the channel (fewer if the deadline passes first)."""
+    events: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while len(events) < count and time.monotonic() < deadline:
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+        if message is not None:
+            events.append(json.loads(message["data"]))
+    return events
 
 
 @pytest.fixture(scope="module")
@@ -171,12 +184,7 @@ async def test_the_cluster_view_forgets_lapsed_nodes_and_releases_a_gone_nodes_k
     try:
         released = await view.remove_node("o1")
         assert sorted(map(str, released)) == ["live/cam", "live/two"]
-        events = []
-        deadline = time.monotonic() + 5
-        while len(events) < 2 and time.monotonic() < deadline:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
-            if message is not None:
-                events.append(json.loads(message["data"]))
+        events = await received(pubsub, 2)
         assert {(e["event"], e["key"], e["node"]) for e in events} == {
             ("released", "live/cam", "operator"), ("released", "live/two", "operator")}
         assert events[0]["reason"] == "owner o1 is gone"
@@ -194,12 +202,7 @@ async def test_claims_publish_events_naming_the_node(
     try:
         token = await first.claim(KEY)
         await first.release(KEY, token)
-        events = []
-        deadline = time.monotonic() + 5
-        while len(events) < 2 and time.monotonic() < deadline:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
-            if message is not None:
-                events.append(json.loads(message["data"]))
+        events = await received(pubsub, 2)
     finally:
         await pubsub.aclose()
     assert [(e["event"], e["key"], e["node"], e["token"]) for e in events] == [

@@ -25,6 +25,7 @@ from arcly.engine import (
 from arcly.hls import Segmenter
 from arcly.hls.service import HlsService, HlsSettings
 from arcly.media.flv import make_frame
+from tests.support.wait import eventually
 
 KEY = StreamKey("live", "cam")
 # libx264's 640x360 Constrained Baseline SPS/PPS (as ffmpeg writes them into FLV).
@@ -101,13 +102,6 @@ def publish_all(handle: PublishHandle, frames: list[Frame]) -> None:
     for frame in frames:
         assert handle.publish_frame(frame)
 
-
-async def eventually(condition: Callable[[], object], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.005)
 
 
 async def playlist_with(service: HlsService, count: int, *, ended: bool = False,

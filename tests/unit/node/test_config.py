@@ -34,6 +34,8 @@ def test_booleans_and_off_values_parse_from_flags_and_env() -> None:
     assert load_config(["--no-hls"], env={"ARCLY_HLS": "true"}).hls is False
     assert load_config([], env={"ARCLY_HLS": "off"}).hls is False
     assert load_config([], env={"ARCLY_IDLE_TIMEOUT": "off"}).idle_timeout is None
+    assert load_config(["--idle-timeout", "0"], env={"ARCLY_IDLE_TIMEOUT": "9"}).idle_timeout \
+        is None, "a flag given as off beats the env"
     assert load_config(["--rtmp-listen", "[::1]:0"], env={}).rtmp_listen == Address("::1", 0)
 
 

@@ -16,7 +16,6 @@ from arcly.media.flv import make_frame
 from arcly.protocols.http import HttpServer
 from arcly.protocols.http.router import NotAllowed, Resolved, Router
 from arcly.protocols.listener import Admission
-from tests.support.wait import eventually
 
 KEY = StreamKey("live", "cam")
 # libx264's 640x360 Constrained Baseline sequence header, as ffmpeg writes it into FLV.
@@ -77,7 +76,7 @@ async def node() -> AsyncIterator[Start]:
                             node=lambda: {"id": "n1", "role": "single"}, api_token=api_token)
         token = ShutdownToken()
         stops.append((token, asyncio.create_task(engine.serve([server], token))))
-        await eventually(lambda: server.listener.addresses, message="never listened")
+        await asyncio.wait_for(server.listener.ready.wait(), 10)
         port = server.listener.addresses[0][1]
 
         async def request(method: str, path: str, **headers: str) -> Reply:

@@ -13,6 +13,7 @@ from arcly.engine import (
     Action,
     AuthError,
     AuthRequest,
+    CloseReason,
     InvalidStreamKey,
     StreamKey,
     StreamNotFound,
@@ -66,7 +67,7 @@ class FlvPlayback:
         self._subs.add(sub)
         limit_send_buffer(writer, self.settings.viewer_send_buffer)
         eof_watch = asyncio.create_task(_close_on_eof(exchange.reader, sub))
-        reason = "client closed"
+        reason: str = CloseReason.CLIENT_CLOSED
         try:
             gop = sub.stream.gop
             writer.write(_HEAD)
@@ -94,4 +95,4 @@ async def _close_on_eof(reader: asyncio.StreamReader, sub: Subscription) -> None
             pass
     except (ConnectionError, OSError):
         pass
-    sub.close("client closed")
+    sub.close(CloseReason.CLIENT_CLOSED)

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from arcly.engine import Engine, ProtocolError, PublishRegistry, ShutdownToken
+from arcly.engine import CloseReason, Engine, ProtocolError, PublishRegistry, ShutdownToken
 from arcly.hls.service import HlsService
 from arcly.protocols.listener import Admission, Listener, close_writer, peer_ip, peer_name
 
@@ -70,7 +70,7 @@ class HttpServer:
             await self._handle(registry, reader, writer)
 
         async def goodbye() -> None:
-            self.flv.close_all("shutdown")
+            self.flv.close_all(CloseReason.SHUTDOWN)
 
         await self.listener.serve(on_client, shutdown, goodbye=goodbye)
 

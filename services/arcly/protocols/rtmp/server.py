@@ -19,6 +19,7 @@ from arcly.engine import (
     AuthError,
     AuthGrant,
     AuthRequest,
+    CloseReason,
     Frame,
     InvalidStreamKey,
     NullObserver,
@@ -186,7 +187,7 @@ class _Session:
             self.writer.write(data)
 
     async def run(self) -> None:
-        reason = "client closed"
+        reason: str = CloseReason.CLIENT_CLOSED
         loop = asyncio.get_running_loop()
         started = self.started = loop.time()
         try:
@@ -438,16 +439,16 @@ class _Session:
         stop its players; the connection then closes."""
         if self.closing is not None:
             return
-        self.closing = "shutdown"
+        self.closing = CloseReason.SHUTDOWN
         for sid, (key, _) in list(self.publishing.items()):
             self.conn.end_publish(sid, key.stream)
-            await self.registry.end_publish(key, "shutdown")
+            await self.registry.end_publish(key, CloseReason.SHUTDOWN)
         self._flush()
         self.writer.transport.close()
 
     async def _teardown(self, reason: str) -> None:
         self.conn.close()
-        if self.publishing and reason == "client closed":
+        if self.publishing and reason == CloseReason.CLIENT_CLOSED:
             reason = "publisher disconnected"
         for key, handle in self.publishing.values():
             self.server.publishers -= 1
