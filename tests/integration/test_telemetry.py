@@ -179,7 +179,7 @@ def test_a_real_node_exports_spans_and_metrics_over_otlp_grpc(
             await viewer.close()
 
         asyncio.run(play())
-        wait_until(lambda: {"arcly.publishers", "arcly.viewers", "arcly.stream.bytes_in",
+        wait_until(lambda: {"arcly.publishers", "arcly.viewers", "arcly.stream.received",
                             "arcly.play.time_to_first_frame"} <= collector.metric_names,
                    message="no metrics exported")
         publisher.stop()
@@ -191,7 +191,7 @@ def test_a_real_node_exports_spans_and_metrics_over_otlp_grpc(
     assert {"publish live/otlp", "publish live/otlp started", "play live/otlp"} <= names
     assert any(r.get("service.name") == "arcly-single" and r.get("deployment") == "test"
                and r.get("arcly.node.role") == "single" for r in collector.resources)
-    assert {"arcly.publishers", "arcly.viewers", "arcly.stream.bytes_in",
-            "arcly.gop_cache.size", "arcly.play.time_to_first_frame", "arcly.stream.bytes_out",
-            "arcly.stream.frames_out"} <= collector.metric_names
+    assert {"arcly.publishers", "arcly.viewers", "arcly.stream.received",
+            "arcly.gop_cache.size", "arcly.play.time_to_first_frame", "arcly.stream.sent",
+            "arcly.stream.frames_out", "arcly.limits.refused"} <= collector.metric_names
 

@@ -178,9 +178,10 @@ class RedisServer:
     """A real redis-server on an ephemeral loopback port, no persistence; stoppable and
     restartable on the same port (outage tests)."""
 
-    def __init__(self) -> None:
+    def __init__(self, password: str = "") -> None:
         import socket
 
+        self.password = password
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
@@ -196,7 +197,8 @@ class RedisServer:
 
         self.proc = subprocess.Popen(
             [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--protected-mode", "no"],
+             "--save", "", "--appendonly", "no", "--protected-mode", "no",
+             *(["--requirepass", self.password] if self.password else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

@@ -41,6 +41,7 @@ class RegistryUnavailable(ArclyError):
 @dataclass(frozen=True, slots=True)
 class RegistrySettings:
     url: str = "redis://127.0.0.1:6379/0"
+    password: str = ""  # overrides one in the URL (keeps it out of the URL in manifests)
     prefix: str = "arcly:"
     lease: float = 10.0
     heartbeat: float = 2.0
@@ -102,9 +103,9 @@ class RegistryClient:
         self.settings = settings
         self.actor = actor  # who we are in events: a node id, or "operator"
         self.keys = Layout(settings.prefix)
-        self.redis = aioredis.Redis.from_url(settings.url, socket_timeout=settings.timeout,
-                                             socket_connect_timeout=settings.timeout,
-                                             decode_responses=True)
+        self.redis = aioredis.Redis.from_url(
+            settings.url, password=settings.password or None, socket_timeout=settings.timeout,
+            socket_connect_timeout=settings.timeout, decode_responses=True)
         self._available = True
 
     def _mark(self, ok: bool, error: Exception | None = None) -> None:

@@ -79,6 +79,7 @@ class NodeConfig:
     grpc_listen: Address = Address("0.0.0.0", 7000)
     advertise_address: str | None = None
     redis_url: str = _REGISTRY.url
+    redis_password: str = _REGISTRY.password
     redis_prefix: str = _REGISTRY.prefix
     node_id: str | None = None
     relay_token: str = _RELAY.token
@@ -98,6 +99,7 @@ class NodeConfig:
     handshake_timeout: float = _RTMP.handshake_timeout
     command_timeout: float = _RTMP.command_timeout
     write_coalesce_ms: float = DEFAULT_COALESCE * 1000
+    metrics: bool = True
 
 
 def _positive_float_or_off(text: str) -> float | None:
@@ -170,6 +172,8 @@ _OPTIONS: list[tuple[str, object, str]] = [
     ("--advertise-address", str,
      "origin: HOST:PORT edges dial for the relay (default: the gRPC listen address)"),
     ("--redis-url", str, "origin/edge: the registry, redis://[:password@]host:port/db"),
+    ("--redis-password", str,
+     "origin/edge: the registry's password, if not in the URL (use the env var)"),
     ("--redis-prefix", str, "origin/edge: prefix of every registry key"),
     ("--node-id", str, "origin/edge: this node's id (default: $POD_NAME, else host-pid)"),
     ("--relay-token", str, "origin/edge: shared secret of the relay (use the env var)"),
@@ -197,6 +201,7 @@ _OPTIONS: list[tuple[str, object, str]] = [
      "seconds an RTMP client has from connecting to publish/play"),
     ("--write-coalesce-ms", _non_negative_float,
      "merge a viewer's frames into one write per this many ms (0: write each frame at once)"),
+    ("--metrics", _bool, "serve Prometheus metrics at /metrics (--no-metrics to turn off)"),
 ]
 
 

@@ -24,7 +24,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from arcly.auth import PerApp, Webhooks, load_auth
@@ -46,7 +46,7 @@ from arcly.engine import (
     Upstream,
 )
 from arcly.hls.service import HlsService, HlsSettings
-from arcly.observe import CompositeObserver, LoggingObserver, otel
+from arcly.observe import CompositeObserver, LoggingObserver, otel, sdk
 from arcly.protocols.http import HttpServer, HttpSettings
 from arcly.protocols.listener import Admission, Limits, is_loopback
 from arcly.protocols.rtmp import RtmpServer, RtmpSettings
@@ -129,8 +129,8 @@ def _cluster(node: _Node) -> None:
     if not config.relay_token:
         log.warning("RELAY AUTH IS OFF: set ARCLY_RELAY_TOKEN on every origin and edge")
     node.registry = NodeRegistry(
-        RegistrySettings(url=config.redis_url, prefix=config.redis_prefix,
-                         lease=config.ownership_lease),
+        RegistrySettings(url=config.redis_url, password=config.redis_password,
+                         prefix=config.redis_prefix, lease=config.ownership_lease),
         node_id=node.identity["id"], role=node.role)
     node.relay = _relay_settings(config)
     if node.role is NodeRole.EDGE:
@@ -177,7 +177,8 @@ def _telemetry_observer(node: _Node) -> otel.OtelObserver:
         relay_lag=(lambda: upstream.lag_ms) if upstream is not None else None)
 
 
-def _handlers(node: _Node, engine: Engine) -> list[ProtocolHandler]:
+def _handlers(node: _Node, engine: Engine,
+              metrics: Callable[[], bytes] | None) -> list[ProtocolHandler]:
     """RTMP, HLS, the recorder, HTTP and (origins) the relay: what the node serves."""
     config = node.config
     handlers: list[ProtocolHandler] = [RtmpServer(
@@ -193,7 +194,7 @@ def _handlers(node: _Node, engine: Engine) -> list[ProtocolHandler]:
     handlers.append(HttpServer(config.http_listen.host, config.http_listen.port,
                                http_settings, engine=engine, hls=node.hls,
                                admission=node.admission, node=lambda: dict(node.identity),
-                               api_token=config.api_token))
+                               api_token=config.api_token, metrics=metrics))
     if node.role is NodeRole.ORIGIN:
         registry = node.registry
         assert registry is not None and node.relay is not None
@@ -215,8 +216,9 @@ async def run_node(role: str | NodeRole, config: NodeConfig,
     """Run one node of ``role`` until a signal (or ``shutdown``) stops it.
 
     ``observers`` are told about stream life after the node's own; ``auth`` replaces the
-    ``--auth-config`` providers. ``telemetry``: None follows the ``OTEL_*`` environment; True
-    attaches the OpenTelemetry observer to whatever providers are installed (tests)."""
+    ``--auth-config`` providers. ``telemetry``: None installs the OpenTelemetry SDK as the
+    ``OTEL_*`` environment and ``--metrics`` say; True attaches the OpenTelemetry observer to
+    whatever providers are installed (tests)."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}")
     node = _Node(NodeRole(role), config, {"id": node_id(config), "role": NodeRole(role).value},
@@ -232,10 +234,10 @@ async def run_node(role: str | NodeRole, config: NodeConfig,
         auth = per_app
     if node.role.clustered:
         _cluster(node)
-    stop_telemetry = otel.configure(f"arcly-{node.role}", {
-        "arcly.node.id": node.identity["id"], "arcly.node.role": node.role.value}) \
-        if telemetry is None else None
-    traced = bool(telemetry or stop_telemetry is not None)
+    installed = sdk.configure(f"arcly-{node.role}", {
+        "arcly.node.id": node.identity["id"], "arcly.node.role": node.role.value},
+        prometheus=config.metrics) if telemetry is None else None
+    traced = bool(telemetry or installed is not None)
     engine_observers = _observers(node, observers, traced)
     if traced:
         auth = otel.TracedAuth(auth or AllowAll(), node_id=node.identity["id"])
@@ -243,8 +245,9 @@ async def run_node(role: str | NodeRole, config: NodeConfig,
                           ownership=node.registry if node.role is NodeRole.ORIGIN else None,
                           upstream=node.upstream)
     if traced:
-        otel.StreamMetrics(engine)
-    handlers = _handlers(node, engine)
+        otel.StreamMetrics(engine, refused=node.admission.refusals)
+    handlers = _handlers(node, engine, installed.prometheus_text
+                         if installed is not None and installed.prometheus is not None else None)
     _warn_if_open(config, auth)
     reaper = engine.spawn_idle_reaper(min(5.0, (config.idle_timeout or 5.0) / 2), token)
     stop_registry = asyncio.Event()
@@ -274,8 +277,8 @@ async def run_node(role: str | NodeRole, config: NodeConfig,
             await node.upstream.close()
         for hooks in node.webhooks:
             await hooks.close()
-        if stop_telemetry is not None:
-            stop_telemetry()
+        if installed is not None:
+            installed.shutdown()
         if node.registry is not None:
             await node.registry.deregister()
             await node.registry.close()

@@ -14,16 +14,15 @@ Trace design — one stream session reads as one story:
 No span, event or attribute is created per frame. Metrics: publishers, viewers by protocol,
 bytes/frames in and GOP cache size per stream, reaped streams, slow-viewer skips, relay lag.
 
-Configured by the standard ``OTEL_*`` variables (endpoint, protocol, service name, resource
-attributes, sampler); off unless ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set.
+The SDK (OTLP export, the Prometheus reader behind ``/metrics``) is installed by
+``arcly.observe.sdk``; without it every call here is the OpenTelemetry API's no-op.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from opentelemetry import context, metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -46,52 +45,8 @@ from arcly.engine import (
 log = logging.getLogger("arcly.observe")
 
 _INTERNAL = {"hls": "hls", "record": "record", "relay": "relay"}
-
-
-def configure(service_name: str, attributes: dict[str, str]) -> Callable[[], None] | None:
-    """Install the SDK with OTLP exporters when an endpoint is configured. Returns a function
-    that flushes and shuts them down, or None when telemetry stays off."""
-    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true" or \
-            not os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
-        return None
-    protocol = os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-    if protocol != "grpc":
-        log.warning("OTEL_EXPORTER_OTLP_PROTOCOL=%s is not supported; using grpc", protocol)
-    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-    from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-    from opentelemetry.sdk.resources import OTELResourceDetector, Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
-    resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME",
-                                                               service_name), **attributes})
-    resource = resource.merge(OTELResourceDetector().detect())
-    tracer_provider = TracerProvider(resource=resource)
-    tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    trace.set_tracer_provider(tracer_provider)
-    meter_provider = MeterProvider(resource=resource, metric_readers=[
-        PeriodicExportingMetricReader(OTLPMetricExporter())])
-    metrics.set_meter_provider(meter_provider)
-    # Registry commands (claims, renewals, heartbeats: seconds apart, never per frame) get the
-    # official Redis instrumentation. The relay is deliberately not wrapped by the gRPC
-    # interceptors: it is one long stream per key whose context flows origin -> edge (see the
-    # relay span), and its messages must stay free of per-frame telemetry work.
-    try:
-        from opentelemetry.instrumentation.redis import RedisInstrumentor
-    except ImportError:
-        log.info("opentelemetry-instrumentation-redis not installed; registry calls untraced")
-    else:
-        RedisInstrumentor().instrument()
-    log.info("telemetry on endpoint=%s service=%s", os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"],
-             resource.attributes.get("service.name"))
-
-    def shutdown() -> None:
-        tracer_provider.shutdown()
-        meter_provider.shutdown()
-
-    return shutdown
+# Seconds: start-up is measured in milliseconds on a healthy node, seconds on a sick one.
+TTFF_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class OtelObserver(NullObserver):
@@ -117,7 +72,8 @@ class OtelObserver(NullObserver):
             "arcly.streams.reaped", unit="{stream}", description="idle streams reaped")
         self.first_frame = meter.create_histogram(
             "arcly.play.time_to_first_frame", unit="s",
-            description="from subscribing to the first frames handed to the viewer's socket")
+            description="from subscribing to the first frames handed to the viewer's socket",
+            explicit_bucket_boundaries_advisory=TTFF_BUCKETS)
         self.skips = meter.create_counter(
             "arcly.viewer.skips", unit="{skip}",
             description="times a slow viewer skipped to the next keyframe")
@@ -235,23 +191,35 @@ class OtelObserver(NullObserver):
 
 
 class StreamMetrics:
-    """Per-stream figures read from the kernel when the SDK's reader collects (a few times a
-    minute; nothing per frame): bytes and frames in and out, GOP cache size."""
+    """Figures read from the kernel when a metric reader collects (a Prometheus scrape, an OTLP
+    export: a few times a minute; nothing per frame): bytes and frames in and out, viewers and
+    GOP cache size per stream, and connections refused per limit (``refused``: the node's
+    counts)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine,
+                 refused: Callable[[], Mapping[str, int]] | None = None) -> None:
         self.engine = engine
+        self.refused = refused
         meter = metrics.get_meter("arcly")
-        meter.create_observable_counter("arcly.stream.bytes_in", [self._bytes_in], unit="By",
+        meter.create_observable_counter("arcly.stream.received", [self._bytes_in], unit="By",
                                         description="bytes received per live stream")
         meter.create_observable_counter("arcly.stream.frames_in", [self._frames_in],
                                         unit="{frame}", description="frames per live stream")
-        meter.create_observable_counter("arcly.stream.bytes_out", [self._bytes_out], unit="By",
+        meter.create_observable_counter("arcly.stream.sent", [self._bytes_out], unit="By",
                                         description="bytes handed to subscribers per stream")
         meter.create_observable_counter("arcly.stream.frames_out", [self._frames_out],
                                         unit="{frame}",
                                         description="frames handed to subscribers per stream")
         meter.create_observable_gauge("arcly.gop_cache.size", [self._gop_bytes], unit="By",
                                       description="GOP cache bytes per live stream")
+        meter.create_observable_gauge(
+            "arcly.stream.viewers", [self._viewers], unit="{viewer}",
+            description="viewers per live stream on this node (segmenters, recorders and "
+                        "relays to edges are not viewers)")
+        if refused is not None:
+            meter.create_observable_counter(
+                "arcly.limits.refused", [self._refused], unit="{refusal}",
+                description="connections and sessions refused, by the limit that was hit")
 
     def _per_stream(self, value: Callable[[Stream], float]) -> Iterable[Observation]:
         return [Observation(value(s), {"arcly.stream.key": str(s.key)})
@@ -271,6 +239,15 @@ class StreamMetrics:
 
     def _gop_bytes(self, _: CallbackOptions) -> Iterable[Observation]:
         return self._per_stream(lambda s: s.gop.bytes)
+
+    def _viewers(self, _: CallbackOptions) -> Iterable[Observation]:
+        return self._per_stream(
+            lambda s: sum(1 for sub in s.subscribers if sub.protocol not in _INTERNAL))
+
+    def _refused(self, _: CallbackOptions) -> Iterable[Observation]:
+        assert self.refused is not None
+        return [Observation(count, {"arcly.limit": limit})
+                for limit, count in sorted(self.refused().items())]
 
 
 class TracedAuth:

@@ -10,6 +10,7 @@ writes its own accept loop or shutdown sequence.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
 import time
@@ -56,6 +57,10 @@ class Admission:
             self._last_log[limit] = now
             log.warning("limit hit limit=%s %s refused_total=%d", limit, detail,
                         self.refused[limit])
+
+    def refusals(self) -> dict[str, int]:
+        """Refusals so far for every limit, zero included (a metric with all its labels)."""
+        return {f.name: self.refused.get(f.name, 0) for f in dataclasses.fields(Limits)}
 
     def open_connection(self, ip: str) -> bool:
         """Count a new connection from ``ip``; False (and counted) when over a limit."""

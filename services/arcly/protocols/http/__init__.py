@@ -6,7 +6,7 @@
 - ``server`` — the listener (shared skeleton in ``arcly.protocols.listener``) and the route table;
 - ``flv`` — HTTP-FLV playback; ``hls`` — HLS playlists and segments;
 - ``api`` — the JSON management API; ``pages`` — status page, players, static scripts;
-- ``probes`` — liveness and readiness.
+- ``probes`` — liveness and readiness; ``metrics`` — ``/metrics`` for Prometheus.
 """
 
 from .probes import LIVENESS_PATH, READINESS_PATH

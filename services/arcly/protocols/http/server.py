@@ -20,6 +20,7 @@ from .api import ManagementApi
 from .exchange import Exchange, response
 from .flv import FlvPlayback
 from .hls import HlsRoutes
+from .metrics import MetricsRoute
 from .pages import serve_player, serve_static, serve_status
 from .probes import LIVENESS_PATH, READINESS_PATH, Probes
 from .request import MAX_HEAD, Request, parse_request
@@ -40,7 +41,8 @@ class HttpServer:
     def __init__(self, host: str, port: int, settings: HttpSettings | None = None, *,
                  engine: Engine, hls: HlsService | None = None,
                  admission: Admission | None = None,
-                 node: Callable[[], dict[str, Any]] = dict, api_token: str = "") -> None:
+                 node: Callable[[], dict[str, Any]] = dict, api_token: str = "",
+                 metrics: Callable[[], bytes] | None = None) -> None:
         self.settings = settings or HttpSettings()
         self.admission = admission or Admission()
         self.listener = Listener("http", host, port, self.admission, read_limit=MAX_HEAD)
@@ -48,6 +50,7 @@ class HttpServer:
         self.hls = HlsRoutes(hls, self.admission) if hls is not None else None
         self.api = ManagementApi(engine, self.admission, node=node, token=api_token)
         self.probes = Probes(self.listener, self.admission)
+        self.metrics = MetricsRoute(metrics)
         self.router = self._routes()
 
     def _routes(self) -> Router:
@@ -55,6 +58,7 @@ class HttpServer:
         router.add("*", "/api/v1/{path*}", self.api.handle)
         router.add("GET", LIVENESS_PATH, self.probes.liveness)
         router.add("GET", READINESS_PATH, self.probes.readiness)
+        router.add("GET", "/metrics", self.metrics.serve)
         router.add("GET", "/{app}/{stream}.flv", self.flv.play)
         if self.hls is not None:
             router.add("GET", "/{app}/{stream}/index.m3u8", self.hls.playlist)
