@@ -1,46 +1,97 @@
-"""The kopf handlers: ``kopf run -m arcly_operator.main --namespace=NS --peering=NAME``.
+"""The kopf handlers: ``kopf run --standalone -m arcly_operator.main --namespace=NS``.
 
-- Pods of arcly nodes: Ready → ``ready`` in the registry; deleting or not Ready → ``draining``;
-  gone → removed, and every key an origin held is released at once (broadcasters reconnect
-  without waiting for the lease). Edge Pods carry a deletion cost from their viewer count, so
-  scale-in removes the least-loaded edge first.
-- ``ArclyCluster`` timer: reaps streams that are idle or whose owner is gone (the owning node
-  sees its ownership lost and ends the publish) and reports the cluster in ``.status``.
+Replicas elect one leader on a Kubernetes Lease (``leadership``); only the leader acts:
 
-Settings come from the environment: read once when the handlers are declared (the timer's
-interval and the Pod label filter are part of the declaration), and once per operator run at
-startup (kept in ``memo``: the registry URL, the API server for tests).
+- Pod events of arcly nodes (the moment they happen): Ready → ``ready`` in the registry;
+  deleting or not Ready → ``draining``; gone → removed, and every key an origin held is
+  released at once (broadcasters reconnect without waiting for the lease). Edge Pods get a
+  deletion cost from their viewer count, so scale-in removes the least-loaded edge first.
+- The reconcile loop (``reconcile``, every ``ARCLY_OPERATOR_INTERVAL`` s): the same for every
+  Pod, deletion costs refreshed from live viewer counts, idle and orphaned streams reaped, the
+  cluster reported in each ``ArclyCluster``'s ``.status`` (``leader`` names the acting replica).
+
+No handler runs on the ``ArclyCluster`` itself, so it carries no finalizer and an uninstall
+never waits for the operator. Settings come from the environment: read once when the handlers
+are declared (the Pod label filter is part of the declaration) and once per run at startup.
 """
 
 from __future__ import annotations
 
-import datetime
+import asyncio
 import logging
+import os
+import socket
 from typing import Any
 
 import kopf
+from aiohttp import web
 
 from arcly.cluster.cluster_view import ClusterView
 from arcly.cluster.model import NodeRole, NodeState
 from arcly_operator import decisions, telemetry
+from arcly_operator.kube import Kube, KubeAccess
+from arcly_operator.leadership import LeaderElector
+from arcly_operator.reconcile import Reconciler
 from arcly_operator.settings import OperatorSettings
 
+log = logging.getLogger("arcly.operator")
 DECLARED = OperatorSettings.from_env()
-_LABELS: dict[str, Any] = {"app.kubernetes.io/part-of": "arcly"}
-if DECLARED.release:
-    _LABELS["app.kubernetes.io/instance"] = DECLARED.release
+LABELS = DECLARED.pod_labels()
+
+
+def _identity() -> str:
+    return os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
 
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    telemetry.configure()
-    memo.settings = OperatorSettings.from_env()
+    current = OperatorSettings.from_env()
+    memo.settings = current
+    memo.installed = telemetry.configure()
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 60
-    memo.cluster = ClusterView(memo.settings.registry())
-    memo.telemetry = telemetry.Telemetry()
-    memo.reaped = 0
-    memo.last_reap = None
+    memo.identity = _identity()
+    memo.kube = Kube(KubeAccess.from_settings(current.kube_url))
+    memo.cluster = ClusterView(current.registry())
+    leading = asyncio.Event()
+    memo.leading = leading
+    memo.elector = LeaderElector(
+        memo.kube, namespace=current.namespace, name=current.lease_name,
+        identity=memo.identity, duration=current.lease_seconds,
+        renew_every=max(1.0, current.lease_seconds / 3), retry=current.lease_retry,
+        on_change=lambda lead: leading.set() if lead else leading.clear())
+    memo.telemetry = telemetry.Telemetry(leading=lambda: memo.elector.is_leader)
+    memo.reconciler = Reconciler(memo.kube, memo.cluster, memo.telemetry, current.namespace,
+                                 current.pod_labels(), memo.identity)
+    memo.stop = asyncio.Event()
+    memo.tasks = [
+        asyncio.create_task(memo.elector.run(memo.stop), name="leader-election"),
+        asyncio.create_task(memo.reconciler.run(memo.stop, leading, current.reap_interval),
+                            name="reconcile")]
+    memo.metrics = await _serve_metrics(current.metrics_listen, memo.installed)
+    log.info("operator starting id=%s namespace=%s release=%s lease=%s/%s", memo.identity,
+             current.namespace, current.release or "*", current.namespace, current.lease_name)
+
+
+async def _serve_metrics(listen: str, installed: Any) -> web.AppRunner | None:
+    """``GET /metrics`` (Prometheus text of the operator's instruments) on ``listen``."""
+    if not listen or installed is None or installed.prometheus is None:
+        return None
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=installed.prometheus_text(),
+                            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    host, _, port = listen.rpartition(":")
+    site = web.TCPSite(runner, host.strip("[]") or "0.0.0.0", int(port))
+    await site.start()
+    for bound in runner.addresses:
+        log.info("listening protocol=metrics address=%s:%d", bound[0], bound[1])
+    return runner
 
 
 @kopf.on.login()
@@ -54,15 +105,23 @@ def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    memo.stop.set()
+    await asyncio.gather(*memo.tasks, return_exceptions=True)  # the leader steps down
+    if memo.metrics is not None:
+        await memo.metrics.cleanup()
     await memo.cluster.close()
+    await memo.kube.close()
+    if memo.installed is not None:
+        memo.installed.shutdown()
 
 
-@kopf.on.event("v1", "pods", labels=_LABELS)
-async def pod_event(event: dict[str, Any], body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo,
+@kopf.on.event("v1", "pods", labels=LABELS)
+async def pod_event(event: kopf.RawEvent, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo,
                     logger: kopf.Logger, **_: Any) -> None:
-    """Node lifecycle from Pod events (idempotent: the same Pod state writes the same record)."""
+    """Node lifecycle from Pod events, on the leader (idempotent: the same Pod state writes the
+    same record; the reconcile loop covers what a follower missed)."""
     role = decisions.pod_role(body)
-    if role is None:
+    if role is None or not memo.elector.is_leader:
         return
     name = body["metadata"]["name"]
     cluster: ClusterView = memo.cluster
@@ -90,30 +149,3 @@ async def pod_event(event: dict[str, Any], body: kopf.Body, patch: kopf.Patch, m
         if annotations.get(decisions.DELETION_COST) != cost:
             patch.setdefault("metadata", {}).setdefault("annotations", {})[
                 decisions.DELETION_COST] = cost
-
-
-@kopf.timer("arcly.io", "v1alpha1", "arclyclusters", interval=DECLARED.reap_interval,
-            idle=None)
-async def reconcile(spec: kopf.Spec, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger,
-                    **_: Any) -> None:
-    """Reap idle and orphaned streams; publish the cluster's state in ``.status``."""
-    cluster: ClusterView = memo.cluster
-    tel: telemetry.Telemetry = memo.telemetry
-    idle_timeout = float(spec.get("idleTimeoutSeconds", 30))
-    with tel.action("reap") as span:
-        nodes = await cluster.nodes()
-        owners = await cluster.owners()
-        records = await cluster.stream_records(list(owners))
-        now = datetime.datetime.now(datetime.UTC)
-        victims = decisions.streams_to_reap(
-            {k: o.node_id for k, o in owners.items()}, records, set(nodes),
-            now=now.timestamp(), idle_timeout=idle_timeout)
-        for victim in victims:
-            if await cluster.force_release(victim.key, victim.reason):
-                memo.reaped += 1
-                memo.last_reap = now.isoformat(timespec="seconds").replace("+00:00", "Z")
-                tel.reaps.add(1, {"reason": victim.kind.value})
-                logger.info(f"reaped {victim.key}: {victim.reason}")
-        span.set_attribute("arcly.streams_reaped", len(victims))
-    patch.setdefault("status", {}).update(decisions.cluster_status(
-        nodes, len(owners) - len(victims), memo.last_reap, memo.reaped))

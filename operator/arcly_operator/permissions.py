@@ -7,9 +7,9 @@ from __future__ import annotations
 NAMESPACED: dict[tuple[str, str], frozenset[str]] = {
     ("", "pods"): frozenset({"get", "list", "watch", "patch"}),  # lifecycle + deletion cost
     ("", "events"): frozenset({"create"}),  # kopf posts what it did on the objects
-    ("arcly.io", "arclyclusters"): frozenset({"get", "list", "watch", "patch"}),
+    ("arcly.io", "arclyclusters"): frozenset({"get", "list"}),  # their spec, by release
     ("arcly.io", "arclyclusters/status"): frozenset({"get", "patch"}),
-    ("kopf.dev", "kopfpeerings"): frozenset({"get", "list", "watch", "patch"}),  # peering
+    ("coordination.k8s.io", "leases"): frozenset({"get", "create", "patch"}),  # leadership
 }
 # Cluster-scoped: kopf discovers served resources by watching CRDs, and lists namespaces to
 # find the ones it serves.

@@ -1,26 +1,28 @@
-"""OpenTelemetry for the operator: one span per reconcile action, counters for what it did.
-
-Uses the OpenTelemetry API; with no SDK configured (no ``OTEL_EXPORTER_OTLP_ENDPOINT``) it is a
-no-op. With an endpoint set, spans and metrics are exported over OTLP like the nodes'.
+"""OpenTelemetry for the operator: one span per reconcile action, counters for what it did,
+whether this replica leads. Exported like the nodes' (``arcly.observe.sdk``): Prometheus text
+at the operator's ``/metrics``, and OTLP when an endpoint is configured.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from opentelemetry import metrics, trace
+from opentelemetry.metrics import Observation
 
-from arcly.observe import otel
+from arcly.observe import sdk
 
 
-def configure() -> None:
-    """Install the SDK exporters when an OTLP endpoint is configured (shared with the nodes)."""
-    otel.configure("arcly-operator", {"arcly.node.role": "operator"})
+def configure(*, prometheus: bool = True) -> sdk.Telemetry | None:
+    """Install the SDK as the nodes do: Prometheus reader (the operator's ``/metrics``) and
+    OTLP export when an endpoint is configured."""
+    return sdk.configure("arcly-operator", {"arcly.node.role": "operator"},
+                         prometheus=prometheus)
 
 
 class Telemetry:
-    def __init__(self) -> None:
+    def __init__(self, leading: Callable[[], bool] = lambda: False) -> None:
         self.tracer = trace.get_tracer("arcly.operator")
         meter = metrics.get_meter("arcly.operator")
         self.releases = meter.create_counter(
@@ -30,6 +32,9 @@ class Telemetry:
         self.transitions = meter.create_counter(
             "arcly.operator.node_transitions", unit="{transition}",
             description="node lifecycle transitions")
+        meter.create_observable_gauge(
+            "arcly.operator.leader", [lambda _: [Observation(int(leading()))]],
+            description="1 on the replica that leads (acts), 0 on the others")
 
     @contextmanager
     def action(self, name: str, **attributes: str | int) -> Iterator[trace.Span]:
