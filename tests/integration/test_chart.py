@@ -1,8 +1,16 @@
-"""The Helm chart, rendered by the real helm binary and validated against Kubernetes schemas."""
+"""The Helm chart, rendered by the real helm binary: validated against the Kubernetes schemas
+for many value sets, read the way a platform engineer reads it before a production install
+(secure defaults, placement, Pod Security "restricted", values that hold), and its rendered
+origin and edge containers run as local processes against a real redis-server."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import re
+import socket
 import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,25 +18,79 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from arcly.auth import tokens
 from arcly.protocols.http import LIVENESS_PATH, READINESS_PATH
 from arcly_operator import permissions
 from tests.helm_binary import find as find_helm
-from tests.support.processes import REPO
+from tests.support.flv_reader import HttpFlvReader
+from tests.support.processes import REPO, FfmpegPublisher, Node, RedisServer
+from tests.support.rtmp_client import RtmpClient
 
 CHART = REPO / "helm" / "arcly"
 KUBE_VERSIONS = ["1.30", "1.33"]
-CUSTOM_KINDS = {"ArclyCluster", "KopfPeering"}
+# Custom resources: kubernetes-validate has no schema for them (skipped by kind only).
+CUSTOM_KINDS = {"ArclyCluster", "ServiceMonitor", "ScaledObject"}
 VALUE_SETS: dict[str, list[str]] = {
     "default": [],
-    "external-redis": ["--set", "redis.bundled=false",
-                       "--set", "redis.externalUrl=redis://:pw@redis.example:6379/0"],
+    "external-redis-url": ["--set", "redis.bundled=false",
+                           "--set", "redis.externalUrl=redis://redis.example:6379/0",
+                           "--set", "redis.existingPasswordSecret=my-redis-password"],
     "external-redis-secret": ["--set", "redis.bundled=false",
                               "--set", "redis.existingSecret=my-redis"],
-    "edges-without-hpa": ["--set", "edge.hpa.enabled=false", "--set", "edge.replicas=3",
-                          "--set", "edge.pdb.enabled=false"],
-    "otel-on": ["--set", "otel.enabled=true",
-                "--set", "otel.endpoint=http://otel-collector:4317"],
-    "recording-no-hls": ["--set", "origin.record.enabled=true", "--set", "hls.enabled=false"],
+    "auth-inline": ["--set-string", "auth.config=[default]\nprovider = \"static\"\n"
+                    "publish_keys_file = \"/keys/publish\"\n",
+                    "--set", "origin.extraVolumes[0].name=keys",
+                    "--set", "origin.extraVolumes[0].secret.secretName=publish-keys",
+                    "--set", "origin.extraVolumeMounts[0].name=keys",
+                    "--set", "origin.extraVolumeMounts[0].mountPath=/keys"],
+    "auth-and-api-existing-secrets": ["--set", "auth.existingSecret=my-auth",
+                                      "--set", "auth.existingTokenSecret=my-token-secret",
+                                      "--set", "api.existingSecret=my-api",
+                                      "--set", "relay.existingSecret=my-relay"],
+    "relay-tls": ["--set", "relay.tls.enabled=true", "--set", "relay.tls.existingSecret=relay-tls"],
+    "metrics-servicemonitor-keda": ["--set", "metrics.serviceMonitor.enabled=true",
+                                    "--set", "metrics.serviceMonitor.labels.release=kps",
+                                    "--set", "edge.keda.enabled=true"],
+    "viewers-hpa": ["--set", "edge.hpa.metric=viewers",
+                    "--set", "edge.hpa.targetViewersPerEdge=800"],
+    "ingress": ["--set", "edge.ingress.enabled=true", "--set", "edge.ingress.className=nginx",
+                "--set", "edge.ingress.hosts[0].host=live.example.com",
+                "--set", "edge.ingress.tls[0].secretName=live-tls",
+                "--set", "edge.ingress.tls[0].hosts[0]=live.example.com"],
+    "recording-no-hls-otel-http": ["--set", "origin.record.enabled=true",
+                                   "--set", "hls.enabled=false", "--set", "otel.enabled=true",
+                                   "--set", "otel.endpoint=http://otel-collector:4318",
+                                   "--set", "otel.protocol=http/protobuf"],
+    "edges-without-hpa-no-netpol": ["--set", "edge.hpa.enabled=false", "--set", "edge.replicas=3",
+                                    "--set", "edge.pdb.enabled=false",
+                                    "--set", "networkPolicy.enabled=false",
+                                    "--set", "metrics.enabled=false"],
+    "every-option": [
+        "--set", "imagePullSecrets[0].name=regcred",
+        "--set", "relay.tls.enabled=true", "--set", "relay.tls.existingSecret=relay-tls",
+        "--set", "relay.tls.mutual=false",
+        "--set", "metrics.serviceMonitor.enabled=true", "--set", "edge.keda.enabled=true",
+        "--set", "edge.ingress.enabled=true", "--set", "edge.ingress.hosts[0].host=live.example",
+        "--set", "origin.record.enabled=true", "--set", "otel.enabled=true",
+        "--set", "otel.endpoint=http://otel:4317",
+        "--set", "origin.service.externalTrafficPolicy=Local",
+        "--set", "origin.service.loadBalancerSourceRanges[0]=10.0.0.0/8",
+        "--set", "edge.service.externalTrafficPolicy=Local",
+        "--set", "edge.service.annotations.team=media",
+        "--set", "origin.priorityClassName=media-critical",
+        "--set", "edge.priorityClassName=media-critical",
+        "--set", "operator.priorityClassName=media-critical",
+        "--set", "redis.priorityClassName=media-critical",
+        "--set", "origin.nodeSelector.pool=media", "--set", "edge.nodeSelector.pool=media",
+        "--set", "operator.nodeSelector.pool=system", "--set", "redis.nodeSelector.pool=system",
+        "--set", "operator.tolerations[0].key=system",
+        "--set", "operator.tolerations[0].operator=Exists",
+        "--set", "redis.tolerations[0].key=system", "--set", "redis.tolerations[0].operator=Exists",
+        "--set", "edge.extraEnv[0].name=EXTRA", "--set-string", "edge.extraEnv[0].value=1",
+        "--set", "operator.extraEnv[0].name=EXTRA", "--set-string", "operator.extraEnv[0].value=1",
+        "--set", "edge.podAnnotations.team=media", "--set", "edge.podLabels.tier=edge",
+        "--set", "redis.persistence.enabled=true", "--set", "operator.replicas=3",
+        "--set", "global.imageRegistry=ignored"],
 }
 
 
@@ -37,23 +99,53 @@ def helm() -> str:
     return str(find_helm(REPO / ".venv" / "bin" / "helm"))
 
 
+def run_helm(helm: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([helm, "template", "demo", str(CHART), "--namespace", "media", *args],
+                          capture_output=True, text=True, timeout=60)
+
+
 def render(helm: str, *args: str) -> list[dict[str, Any]]:
-    result = subprocess.run([helm, "template", "demo", str(CHART), "--namespace", "media",
-                             *args], capture_output=True, text=True, timeout=60)
+    result = run_helm(helm, *args)
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
-def test_helm_lint_passes(helm: str) -> None:
-    result = subprocess.run([helm, "lint", str(CHART)], capture_output=True, text=True,
-                            timeout=60)
+@pytest.fixture(scope="module")
+def default(helm: str) -> list[dict[str, Any]]:
+    return render(helm)
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def named(docs: list[dict[str, Any]], kind: str, suffix: str) -> dict[str, Any]:
+    (found,) = [d for d in by_kind(docs, kind) if d["metadata"]["name"].endswith(suffix)]
+    return found
+
+
+def workloads(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return by_kind(docs, "Deployment") + by_kind(docs, "StatefulSet")
+
+
+def component(workload: dict[str, Any]) -> str:
+    return str(workload["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"])
+
+
+def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def test_helm_lint_strict_passes(helm: str) -> None:
+    result = subprocess.run([helm, "lint", "--strict", str(CHART)], capture_output=True,
+                            text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("name", list(VALUE_SETS))
-def test_every_rendered_manifest_validates(helm: str, name: str) -> None:
+def test_every_value_set_renders_manifests_kubernetes_accepts(helm: str, name: str) -> None:
     docs = render(helm, *VALUE_SETS[name])
-    assert {"StatefulSet", "Deployment", "Service", "Secret"} <= {d["kind"] for d in docs}
+    assert {"StatefulSet", "Deployment", "Service"} <= {d["kind"] for d in docs}
     for doc in docs:
         if doc["kind"] in CUSTOM_KINDS:
             continue
@@ -62,21 +154,122 @@ def test_every_rendered_manifest_validates(helm: str, name: str) -> None:
     for crd in (CHART / "crds").glob("*.yaml"):
         kubernetes_validate.validate(yaml.safe_load(crd.read_text()), KUBE_VERSIONS[-1],
                                      strict=True)
+    for workload in workloads(docs):
+        restricted(workload["spec"]["template"]["spec"], f"{name}: {workload['metadata']['name']}")
+
+
+def restricted(pod: dict[str, Any], where: str) -> None:
+    """Pod Security Standards, "restricted" profile (kubernetes.io/docs/concepts/security/
+    pod-security-standards): what a Pod must and must not do."""
+    allowed_volumes = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
+                       "persistentVolumeClaim", "projected", "secret"}
+    for volume in pod.get("volumes", []):
+        assert set(volume) - {"name"} <= allowed_volumes, f"{where}: volume {volume}"
+    for flag in ("hostNetwork", "hostPID", "hostIPC"):
+        assert not pod.get(flag), f"{where}: {flag}"
+    pod_context = pod.get("securityContext", {})
+    for container in pod.get("initContainers", []) + pod["containers"]:
+        context = container.get("securityContext", {})
+        assert context.get("runAsNonRoot", pod_context.get("runAsNonRoot")) is True, where
+        assert context.get("runAsUser", pod_context.get("runAsUser")) != 0, where
+        seccomp = context.get("seccompProfile", pod_context.get("seccompProfile", {}))
+        assert seccomp.get("type") in ("RuntimeDefault", "Localhost"), where
+        assert context.get("allowPrivilegeEscalation") is False, where
+        assert not context.get("privileged"), where
+        assert "ALL" in context.get("capabilities", {}).get("drop", []), where
+        assert set(context.get("capabilities", {}).get("add", [])) <= {"NET_BIND_SERVICE"}
+        assert not any("hostPort" in p for p in container.get("ports", [])), where
 
 
 def test_values_that_break_the_schema_are_rejected(helm: str, tmp_path: Path) -> None:
     for bad in ("edge:\n  hpa:\n    maxReplicas: many\n", "redis:\n  externalUrl: mysql://x\n",
-                "typo: true\n", "logLevel: loud\n"):
+                "typo: true\n", "logLevel: loud\n", "origin:\n  terminationGracePeriodSeconds: 9\n",
+                "otel:\n  protocol: http/json\n", "edge:\n  hpa:\n    metric: memory\n"):
         values = tmp_path / "bad.yaml"
         values.write_text(bad)
-        result = subprocess.run([helm, "template", "demo", str(CHART), "-f", str(values)],
-                                capture_output=True, text=True, timeout=60)
+        result = run_helm(helm, "-f", str(values))
         assert result.returncode != 0, bad
         assert "schema" in result.stderr.lower(), result.stderr
 
 
-def _by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [d for d in docs if d["kind"] == kind]
+@pytest.mark.parametrize(("args", "message"), [
+    (["--set", "redis.bundled=false"], "redis.externalUrl (or redis.existingSecret"),
+    (["--set", "relay.tls.enabled=true"], "relay.tls.existingSecret"),
+    (["--set", "edge.ingress.enabled=true"], "edge.ingress.hosts"),
+])
+def test_values_that_cannot_work_fail_naming_the_value(helm: str, args: list[str],
+                                                       message: str) -> None:
+    result = run_helm(helm, *args)
+    assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+def test_the_chart_works_as_a_subchart_with_global_values(helm: str) -> None:
+    assert run_helm(helm, "--set", "global.storageClass=fast").returncode == 0
+
+
+def test_default_render_is_closed_where_it_should_be(default: list[dict[str, Any]]) -> None:
+    policies = {p["metadata"]["name"]: p for p in by_kind(default, "NetworkPolicy")}
+    assert set(policies) == {f"demo-arcly-{c}" for c in ("redis", "origin", "edge", "operator")}
+    redis_from = policies["demo-arcly-redis"]["spec"]["ingress"][0]["from"][0]["podSelector"]
+    assert redis_from["matchLabels"]["app.kubernetes.io/instance"] == "demo"
+    origin_rules = policies["demo-arcly-origin"]["spec"]["ingress"]
+    grpc_rule = next(r for r in origin_rules if {"port": "grpc", "protocol": "TCP"} in r["ports"])
+    assert grpc_rule["from"][0]["podSelector"]["matchLabels"][
+        "app.kubernetes.io/component"] == "edge", "the relay only from edges"
+    # Publishing needs a signed token; the API needs a bearer token; Redis a password.
+    (origin,) = [w for w in workloads(default) if component(w) == "origin"]
+    container = origin["spec"]["template"]["spec"]["containers"][0]
+    assert "--auth-config=/etc/arcly/auth/auth.toml" in container["args"]
+    auth = named(default, "Secret", "-auth")
+    assert 'provider = "tokens"' in base64.b64decode(auth["data"]["auth.toml"]).decode()
+    env = env_of(container)
+    for name in ("ARCLY_API_TOKEN", "ARCLY_RELAY_TOKEN", "ARCLY_TOKEN_SECRET",
+                 "ARCLY_REDIS_PASSWORD"):
+        assert "secretKeyRef" in env[name]["valueFrom"], name
+    (redis,) = [w for w in workloads(default) if component(w) == "redis"]
+    redis_container = redis["spec"]["template"]["spec"]["containers"][0]
+    assert "--requirepass" in redis_container["args"]
+    assert env_of(redis_container)["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == \
+        env["ARCLY_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+
+
+def test_no_secret_value_is_written_into_a_manifest(helm: str) -> None:
+    for name in ("default", "external-redis-url", "every-option"):
+        docs = render(helm, *VALUE_SETS[name])
+        secrets = [base64.b64decode(v).decode() for s in by_kind(docs, "Secret")
+                   for v in s.get("data", {}).values()]
+        assert secrets, name
+        others = yaml.safe_dump([d for d in docs if d["kind"] != "Secret"])
+        for value in secrets:
+            for line in value.splitlines():
+                if len(line) >= 8:
+                    assert line not in others, f"{name}: a Secret value appears as a literal"
+        for workload in workloads(docs):
+            for container in workload["spec"]["template"]["spec"]["containers"]:
+                for entry in container.get("env", []):
+                    if re.search(r"TOKEN|PASSWORD|SECRET", entry["name"]) and \
+                            entry["name"] != "ARCLY_TOKEN_SECRET_FILE":
+                        assert "value" not in entry, f"{name}: {entry['name']} is a literal"
+
+
+def test_the_operator_gets_only_what_it_uses(default: list[dict[str, Any]]) -> None:
+    (operator,) = [w for w in workloads(default) if component(w) == "operator"]
+    pod = operator["spec"]["template"]["spec"]
+    env = env_of(pod["containers"][0])
+    assert not {"ARCLY_RELAY_TOKEN", "ARCLY_API_TOKEN", "ARCLY_TOKEN_SECRET"} & set(env)
+    assert {"ARCLY_REDIS_URL", "ARCLY_REDIS_PASSWORD", "ARCLY_OPERATOR_INTERVAL",
+            "ARCLY_OPERATOR_LEASE_SECONDS"} <= set(env)
+    assert env["ARCLY_OPERATOR_INTERVAL"]["value"] == "10", "operator.reapInterval is wired"
+    assert operator["spec"]["replicas"] == 2
+    assert "--standalone" in pod["containers"][0]["command"]
+    (role,) = by_kind(default, "Role")
+    (cluster_role,) = by_kind(default, "ClusterRole")
+    assert _rules(role) == permissions.NAMESPACED
+    assert _rules(cluster_role) == permissions.CLUSTER
+    for rule in role["rules"] + cluster_role["rules"]:
+        assert "*" not in rule["verbs"] and "*" not in rule["resources"]
+    assert not any(d["kind"] == "KopfPeering" for d in default)
+    assert named(default, "PodDisruptionBudget", "-operator")["spec"]["maxUnavailable"] == 1
 
 
 def _rules(role: dict[str, Any]) -> dict[tuple[str, str], frozenset[str]]:
@@ -88,77 +281,276 @@ def _rules(role: dict[str, Any]) -> dict[tuple[str, str], frozenset[str]]:
     return granted
 
 
-def test_operator_rbac_grants_exactly_what_the_operator_uses(helm: str) -> None:
-    docs = render(helm)
-    (role,) = _by_kind(docs, "Role")
-    (cluster_role,) = _by_kind(docs, "ClusterRole")
-    assert _rules(role) == permissions.NAMESPACED
-    assert _rules(cluster_role) == permissions.CLUSTER
-    for rule in role["rules"] + cluster_role["rules"]:
-        assert "*" not in rule["verbs"] and "*" not in rule["resources"]
+def test_origins_and_edges_spread_and_have_disruption_budgets(
+        default: list[dict[str, Any]]) -> None:
+    for role in ("origin", "edge"):
+        (workload,) = [w for w in workloads(default) if component(w) == role]
+        spread = workload["spec"]["template"]["spec"]["topologySpreadConstraints"]
+        assert {c["topologyKey"] for c in spread} == {"kubernetes.io/hostname",
+                                                      "topology.kubernetes.io/zone"}
+        assert all(c["whenUnsatisfiable"] == "ScheduleAnyway" for c in spread)
+        pdb = named(default, "PodDisruptionBudget", f"-{role}")
+        assert pdb["spec"]["selector"]["matchLabels"] == workload["spec"]["selector"][
+            "matchLabels"]
 
 
-def test_edge_hpa_targets_the_edge_deployment(helm: str) -> None:
-    docs = render(helm)
-    (hpa,) = _by_kind(docs, "HorizontalPodAutoscaler")
-    target = hpa["spec"]["scaleTargetRef"]
-    edge = next(d for d in _by_kind(docs, "Deployment") if d["metadata"]["name"] == target["name"])
-    assert target["kind"] == "Deployment"
-    assert edge["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == "edge"
+def test_placement_and_service_options_reach_every_workload(helm: str) -> None:
+    docs = render(helm, *VALUE_SETS["every-option"])
+    for workload in workloads(docs):
+        pod = workload["spec"]["template"]["spec"]
+        assert pod["imagePullSecrets"] == [{"name": "regcred"}], workload["metadata"]["name"]
+        assert pod["priorityClassName"] == "media-critical"
+        assert "pool" in pod["nodeSelector"]
+    (operator,) = [w for w in workloads(docs) if component(w) == "operator"]
+    assert operator["spec"]["template"]["spec"]["tolerations"][0]["key"] == "system"
+    ingest = named(docs, "Service", "-ingest")["spec"]
+    assert ingest["externalTrafficPolicy"] == "Local"
+    assert ingest["loadBalancerSourceRanges"] == ["10.0.0.0/8"]
+    ingress = named(docs, "Ingress", "-edge")
+    assert ingress["spec"]["rules"][0]["host"] == "live.example"
+    assert not by_kind(docs, "HorizontalPodAutoscaler"), "KEDA owns the HPA"
+    scaled = named(docs, "ScaledObject", "-edge")
+    assert "arcly_viewers" in scaled["spec"]["triggers"][0]["metadata"]["query"]
+    monitor = named(docs, "ServiceMonitor", "demo-arcly")
+    assert {e["port"] for e in monitor["spec"]["endpoints"]} == {"http", "metrics"}
+
+
+def test_autoscaling_is_gentle_on_scale_in_and_can_follow_viewers(helm: str,
+                                                                  default: list[dict[str, Any]]
+                                                                  ) -> None:
+    (hpa,) = by_kind(default, "HorizontalPodAutoscaler")
+    down = hpa["spec"]["behavior"]["scaleDown"]
+    assert down["stabilizationWindowSeconds"] == 300
+    assert down["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": 120}]
+    (edge,) = [w for w in workloads(default) if component(w) == "edge"]
+    assert hpa["spec"]["scaleTargetRef"]["name"] == edge["metadata"]["name"]
     assert "replicas" not in edge["spec"], "the HPA owns the edge replica count"
-    (pdb,) = _by_kind(docs, "PodDisruptionBudget")
-    assert pdb["spec"]["selector"]["matchLabels"] == edge["spec"]["selector"]["matchLabels"]
+    (viewers,) = by_kind(render(helm, *VALUE_SETS["viewers-hpa"]), "HorizontalPodAutoscaler")
+    metric = viewers["spec"]["metrics"][0]
+    assert metric["pods"]["metric"]["name"] == "arcly_viewers"
+    assert metric["pods"]["target"]["averageValue"] == "800"
 
 
-def _workloads(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return _by_kind(docs, "Deployment") + _by_kind(docs, "StatefulSet")
+def test_grace_periods_are_derived_from_prestop_and_drain(helm: str) -> None:
+    docs = render(helm, "--set", "edge.drainTimeout=120", "--set", "origin.preStopSeconds=10")
+    for workload in workloads(docs):
+        if component(workload) not in ("origin", "edge"):
+            continue
+        pod = workload["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        drain = float(next(a for a in container["args"]
+                           if a.startswith("--drain-timeout=")).split("=")[1])
+        sleep = int(container["lifecycle"]["preStop"]["exec"]["command"][-1].split()[-1])
+        assert pod["terminationGracePeriodSeconds"] == sleep + drain + 15
+    edge = next(w for w in workloads(docs) if component(w) == "edge")
+    assert edge["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 140
 
 
-def test_node_probes_hit_endpoints_the_node_serves(helm: str) -> None:
-    docs = render(helm)
-    nodes = [w for w in _workloads(docs)
-             if w["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
-             in ("origin", "edge")]
+def test_renders_of_unchanged_values_do_not_restart_pods(helm: str) -> None:
+    def annotations(docs: list[dict[str, Any]]) -> list[Any]:
+        return [w["spec"]["template"]["metadata"]["annotations"] for w in workloads(docs)]
+
+    first, second = render(helm), render(helm)
+    assert annotations(first) == annotations(second), "no checksum of generated tokens"
+    changed = render(helm, "--set", "api.token=rotated-token")
+    assert annotations(changed) != annotations(first), "a value change rolls the Pods"
+
+
+def test_node_probes_hit_endpoints_the_node_serves(default: list[dict[str, Any]]) -> None:
+    nodes = [w for w in workloads(default) if component(w) in ("origin", "edge")]
     assert len(nodes) == 2
     for workload in nodes:
         (container,) = workload["spec"]["template"]["spec"]["containers"]
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert container["livenessProbe"]["httpGet"]["path"] == LIVENESS_PATH
         assert container["readinessProbe"]["httpGet"]["path"] == READINESS_PATH
-        assert container["readinessProbe"]["httpGet"]["port"] == "http"
         assert f"--http-listen=0.0.0.0:{ports['http']}" in container["args"]
-        assert container["lifecycle"]["preStop"]["exec"]["command"]
-        grace = workload["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-        drain = next(a for a in container["args"] if a.startswith("--drain-timeout="))
-        assert float(drain.split("=")[1]) + 5 < grace, "drain fits in the grace period"
+        annotations = workload["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/port"] == str(ports["http"])
 
 
-def test_pods_run_as_non_root(helm: str) -> None:
-    for name, args in VALUE_SETS.items():
-        for workload in _workloads(render(helm, *args)):
-            pod = workload["spec"]["template"]["spec"]
-            assert pod["securityContext"]["runAsNonRoot"] is True, name
-            for container in pod["containers"]:
-                assert container["securityContext"]["allowPrivilegeEscalation"] is False
-
-
-def test_origins_advertise_their_headless_service_address(helm: str) -> None:
-    docs = render(helm)
-    (origin,) = [s for s in _by_kind(docs, "StatefulSet") if "origin" in s["metadata"]["name"]]
+def test_origins_advertise_their_headless_service_address(default: list[dict[str, Any]]) -> None:
+    origin = next(s for s in by_kind(default, "StatefulSet") if component(s) == "origin")
     headless = origin["spec"]["serviceName"]
-    assert any(s["metadata"]["name"] == headless and s["spec"]["clusterIP"] == "None"
-               for s in _by_kind(docs, "Service"))
+    service = named(default, "Service", headless)
+    assert service["spec"]["clusterIP"] == "None"
+    assert {p["name"] for p in service["spec"]["ports"]} == {"grpc", "http"}
     args = origin["spec"]["template"]["spec"]["containers"][0]["args"]
     assert f"--advertise-address=$(POD_NAME).{headless}.$(POD_NAMESPACE).svc:7000" in args
 
 
+def test_relay_tls_mounts_the_certificate_secret(helm: str) -> None:
+    docs = render(helm, *VALUE_SETS["relay-tls"])
+    for workload in workloads(docs):
+        if component(workload) not in ("origin", "edge"):
+            continue
+        pod = workload["spec"]["template"]["spec"]
+        args = pod["containers"][0]["args"]
+        assert {"--relay-tls-cert=/etc/arcly/relay-tls/tls.crt",
+                "--relay-tls-ca=/etc/arcly/relay-tls/ca.crt"} <= set(args)
+        assert any(v.get("secret", {}).get("secretName") == "relay-tls" for v in pod["volumes"])
+
+
 def test_otel_settings_follow_values(helm: str) -> None:
     def env(docs: list[dict[str, Any]]) -> dict[str, Any]:
-        node = next(w for w in _workloads(docs) if "edge" in w["metadata"]["name"])
-        return {e["name"]: e.get("value") for e in
-                node["spec"]["template"]["spec"]["containers"][0]["env"]}
+        node = next(w for w in workloads(docs) if component(w) == "edge")
+        return {k: v.get("value") for k, v in env_of(
+            node["spec"]["template"]["spec"]["containers"][0]).items()}
 
     off = env(render(helm))
-    assert off.get("OTEL_SDK_DISABLED") == "true" and "OTEL_EXPORTER_OTLP_ENDPOINT" not in off
-    on = env(render(helm, *VALUE_SETS["otel-on"]))
-    assert on["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4317"
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in off and "OTEL_SDK_DISABLED" not in off
+    on = env(render(helm, *VALUE_SETS["recording-no-hls-otel-http"]))
+    assert on["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4318"
+    assert on["OTEL_EXPORTER_OTLP_PROTOCOL"] == "http/protobuf"
+
+
+# -- render → run ------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Rendered:
+    """A rendered chart's Secrets and containers, turned into local processes."""
+
+    def __init__(self, docs: list[dict[str, Any]], tmp: Path) -> None:
+        self.docs = docs
+        self.tmp = tmp
+        self.secrets = {s["metadata"]["name"]: {k: base64.b64decode(v).decode()
+                                                for k, v in s.get("data", {}).items()}
+                        for s in by_kind(docs, "Secret")}
+
+    def container(self, role: str) -> dict[str, Any]:
+        (workload,) = [w for w in workloads(self.docs) if component(w) == role]
+        return dict(workload["spec"]["template"]["spec"]["containers"][0])
+
+    def volumes(self, role: str) -> dict[str, dict[str, Any]]:
+        (workload,) = [w for w in workloads(self.docs) if component(w) == role]
+        return {v["name"]: v for v in workload["spec"]["template"]["spec"]["volumes"]}
+
+    def env(self, container: dict[str, Any], pod: str, overrides: dict[str, str]
+            ) -> dict[str, str]:
+        """The container's environment as the kubelet builds it: secretKeyRef and fieldRef
+        resolved, $(VAR) expanded."""
+        resolved: dict[str, str] = {}
+        for entry in container.get("env", []):
+            if "value" in entry:
+                value = re.sub(r"\$\((\w+)\)", lambda m: resolved.get(m.group(1), m.group(0)),
+                               str(entry["value"]))
+            elif "secretKeyRef" in entry["valueFrom"]:
+                ref = entry["valueFrom"]["secretKeyRef"]
+                value = self.secrets[ref["name"]][ref["key"]]
+            else:
+                field = entry["valueFrom"]["fieldRef"]["fieldPath"]
+                value = {"metadata.name": pod, "metadata.namespace": "media"}[field]
+            resolved[entry["name"]] = value
+        return {**resolved, **overrides}
+
+    def mount_secrets(self, role: str, container: dict[str, Any]) -> dict[str, str]:
+        """Write each mounted Secret volume into a folder; return mount path → folder."""
+        mapping: dict[str, str] = {}
+        volumes = self.volumes(role)
+        for mount in container.get("volumeMounts", []):
+            secret = volumes[mount["name"]].get("secret")
+            if secret is None:
+                continue
+            folder = self.tmp / role / mount["name"]
+            folder.mkdir(parents=True, exist_ok=True)
+            for key, value in self.secrets[secret["secretName"]].items():
+                (folder / key).write_text(value)
+            mapping[mount["mountPath"]] = str(folder)
+        return mapping
+
+    def args(self, container: dict[str, Any], env: dict[str, str], mounts: dict[str, str],
+             listen: dict[str, str]) -> list[str]:
+        out = []
+        for rendered in container["args"]:
+            arg = re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], rendered)
+            flag = arg.partition("=")[0]
+            if flag in listen:
+                arg = f"{flag}={listen[flag]}"
+            for path, folder in mounts.items():
+                arg = arg.replace(path, folder)
+            out.append(arg)
+        return out
+
+
+@pytest.fixture
+def chart_nodes(helm: str, tmp_path: Path, ffmpeg: str
+                ) -> Iterator[tuple[Rendered, RedisServer, Callable[..., Node]]]:
+    rendered = Rendered(render(helm), tmp_path)
+    password = rendered.secrets["demo-arcly-secrets"]["redis-password"]
+    redis = RedisServer(password=password)
+    nodes: list[Node] = []
+
+    def start(role: str) -> Node:
+        container = rendered.container(role)
+        env = rendered.env(container, f"demo-arcly-{role}-0", {
+            "ARCLY_REDIS_URL": redis.url, "ARCLY_LOG_JSON": "false"})
+        mounts = rendered.mount_secrets(role, container)
+        grpc = free_port()
+        listen = {"--rtmp-listen": "127.0.0.1:0", "--http-listen": "127.0.0.1:0",
+                  "--grpc-listen": f"127.0.0.1:{grpc}",
+                  "--advertise-address": f"127.0.0.1:{grpc}"}
+        args = rendered.args(container, env, mounts, listen)
+        node = Node(*args[1:], role=args[0], env=env)
+        nodes.append(node)
+        return node
+
+    try:
+        yield rendered, redis, start
+    finally:
+        for node in nodes:
+            node.stop()
+        redis.stop()
+
+
+def test_rendered_containers_run_as_a_cluster_that_enforces_tokens(
+        chart_nodes: tuple[Rendered, RedisServer, Callable[..., Node]], ffmpeg: str,
+        source_flv: Path) -> None:
+    rendered, redis, start = chart_nodes
+    origin, edge = start("origin"), start("edge")
+    assert "AUTH IS OFF" not in origin.log_text() and "RELAY AUTH IS OFF" not in origin.log_text()
+    secrets = rendered.secrets["demo-arcly-secrets"]
+
+    async def refused() -> str:
+        client = await RtmpClient.connect("127.0.0.1", origin.rtmp, "live")
+        code = (await client.publish("cam1")).code
+        await client.close()
+        return code
+
+    assert asyncio.run(refused()) == "NetStream.Publish.Unauthorized", "no token: refused"
+    query = "&".join(f"{k}={v}" for k, v in tokens.sign(
+        secrets["token-secret"], "publish", "live", "cam1", ttl=600).items())
+    publisher = FfmpegPublisher(ffmpeg, source_flv,
+                                f"rtmp://127.0.0.1:{origin.rtmp}/live/cam1?{query}")
+    try:
+        origin.wait_for_log(r"publish start stream=live/cam1 ", timeout=20)
+
+        async def watch() -> int:
+            viewer = await HttpFlvReader.open(edge.http, "/live/cam1.flv")
+            assert viewer.status == 200
+            await viewer.read_header()
+            tags = [await viewer.next_tag(10) for _ in range(30)]
+            await viewer.close()
+            return len(tags)
+
+        assert asyncio.run(watch()) == 30, "the edge relays over the rendered relay token"
+        assert "relay subscribed stream=live/cam1" in edge.log_text()
+        # The management API wants the rendered API token.
+        import urllib.error
+        import urllib.request
+        url = f"http://127.0.0.1:{edge.http}/api/v1/streams"
+        with pytest.raises(urllib.error.HTTPError) as unauthorized:
+            urllib.request.urlopen(url, timeout=10)
+        assert unauthorized.value.code == 401
+        request = urllib.request.Request(url, headers={
+            "Authorization": f"Bearer {secrets['api-token']}"})
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            assert resp.status == 200
+        assert redis.command("AUTH", secrets["redis-password"]).startswith("+OK")
+    finally:
+        publisher.stop()

@@ -23,33 +23,61 @@ app.kubernetes.io/component: {{ .component }}
 
 {{- define "arcly.image" -}}{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}{{- end -}}
 
-{{- define "arcly.relaySecret" -}}{{ .Values.relay.existingSecret | default (printf "%s-relay" (include "arcly.fullname" .)) }}{{- end -}}
-
-{{- define "arcly.redisUrl" -}}
-{{- if .Values.redis.bundled -}}redis://{{ include "arcly.fullname" . }}-redis:6379/0{{- else -}}{{ .Values.redis.externalUrl }}{{- end -}}
+{{/* ---------------------------------------------------------------------------------------
+     Values that must hold together: a clear message instead of a broken install. */}}
+{{- define "arcly.validate" -}}
+{{- if and (not .Values.redis.bundled) (not .Values.redis.externalUrl) (not .Values.redis.existingSecret) -}}
+{{- fail "redis.externalUrl (or redis.existingSecret, a Secret with key url) is required when redis.bundled is false" -}}
+{{- end -}}
+{{- if and .Values.relay.tls.enabled (not .Values.relay.tls.existingSecret) -}}
+{{- fail "relay.tls.existingSecret (a Secret with tls.crt, tls.key and ca.crt) is required when relay.tls.enabled is true" -}}
+{{- end -}}
+{{- if and .Values.edge.ingress.enabled (not .Values.edge.ingress.hosts) -}}
+{{- fail "edge.ingress.hosts needs at least one host when edge.ingress.enabled is true" -}}
+{{- end -}}
+{{- if and .Values.metrics.serviceMonitor.enabled (not .Values.metrics.enabled) -}}
+{{- fail "metrics.serviceMonitor.enabled needs metrics.enabled" -}}
+{{- end -}}
 {{- end -}}
 
-{{/* Environment shared by origins, edges and the operator. */}}
-{{- define "arcly.env" -}}
-- name: POD_NAME
-  valueFrom: {fieldRef: {fieldPath: metadata.name}}
-- name: POD_NAMESPACE
-  valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
-- name: ARCLY_RELAY_TOKEN
-  valueFrom: {secretKeyRef: {name: {{ include "arcly.relaySecret" . }}, key: token}}
-{{- if and (not .Values.redis.bundled) .Values.redis.existingSecret }}
+{{/* ---------------------------------------------------------------------------------------
+     Secrets. The chart's own Secret holds what it generates (once; kept across upgrades by
+     lookup) and what values give; an existing Secret named in values replaces a key. */}}
+{{- define "arcly.secretName" -}}{{ include "arcly.fullname" . }}-secrets{{- end -}}
+
+{{- define "arcly.authEnabled" -}}{{ if or .Values.auth.config .Values.auth.existingSecret }}true{{ end }}{{- end -}}
+
+{{- define "arcly.redisPasswordSet" -}}{{ if or .Values.redis.bundled .Values.redis.password .Values.redis.existingPasswordSecret }}true{{ end }}{{- end -}}
+
+{{/* A secretKeyRef: (dict "root" . "existing" NAME "existingKey" K "key" CHART_KEY) */}}
+{{- define "arcly.secretRef" -}}
+{{- if .existing -}}
+{name: {{ .existing }}, key: {{ .existingKey }}}
+{{- else -}}
+{name: {{ include "arcly.secretName" .root }}, key: {{ .key }}}
+{{- end -}}
+{{- end -}}
+
+{{/* ---------------------------------------------------------------------------------------
+     Environment. Nodes get the relay and API tokens and the token secret; the operator only
+     what it uses (the registry, its lease, its metrics). Secrets only by secretKeyRef. */}}
+{{- define "arcly.registryEnv" -}}
+{{- if .Values.redis.bundled }}
 - name: ARCLY_REDIS_URL
-  valueFrom: {secretKeyRef: {name: {{ .Values.redis.existingSecret }}, key: url}}
+  value: {{ printf "redis://%s-redis:6379/0" (include "arcly.fullname" .) | quote }}
 {{- else }}
 - name: ARCLY_REDIS_URL
-  value: {{ include "arcly.redisUrl" . | quote }}
+  valueFrom: {secretKeyRef: {{ include "arcly.secretRef" (dict "root" . "existing" .Values.redis.existingSecret "existingKey" "url" "key" "redis-url") }}}
+{{- end }}
+{{- if include "arcly.redisPasswordSet" . }}
+- name: ARCLY_REDIS_PASSWORD
+  valueFrom: {secretKeyRef: {{ include "arcly.secretRef" (dict "root" . "existing" .Values.redis.existingPasswordSecret "existingKey" "password" "key" "redis-password") }}}
 {{- end }}
 - name: ARCLY_REDIS_PREFIX
   value: {{ .Values.redis.prefix | quote }}
-- name: ARCLY_LOG_LEVEL
-  value: {{ .Values.logLevel | quote }}
-- name: ARCLY_LOG_JSON
-  value: {{ .Values.logJson | quote }}
+{{- end -}}
+
+{{- define "arcly.otelEnv" -}}
 {{- if .Values.otel.enabled }}
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
   value: {{ .Values.otel.endpoint | quote }}
@@ -61,9 +89,100 @@ app.kubernetes.io/component: {{ .component }}
   value: {{ .Values.otel.samplerArg | quote }}
 - name: OTEL_RESOURCE_ATTRIBUTES
   value: {{ printf "k8s.namespace.name=$(POD_NAMESPACE),k8s.pod.name=$(POD_NAME)%s" (ternary (printf ",%s" .Values.otel.resourceAttributes) "" (ne .Values.otel.resourceAttributes "")) | quote }}
+{{- end }}
+{{- end -}}
+
+{{- define "arcly.podEnv" -}}
+- name: POD_NAME
+  valueFrom: {fieldRef: {fieldPath: metadata.name}}
+- name: POD_NAMESPACE
+  valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
+{{- end -}}
+
+{{- define "arcly.nodeEnv" -}}
+{{ include "arcly.podEnv" .root }}
+- name: ARCLY_RELAY_TOKEN
+  valueFrom: {secretKeyRef: {{ include "arcly.secretRef" (dict "root" .root "existing" .root.Values.relay.existingSecret "existingKey" "token" "key" "relay-token") }}}
+- name: ARCLY_API_TOKEN
+  valueFrom: {secretKeyRef: {{ include "arcly.secretRef" (dict "root" .root "existing" .root.Values.api.existingSecret "existingKey" "token" "key" "api-token") }}}
+{{- if include "arcly.authEnabled" .root }}
+- name: ARCLY_TOKEN_SECRET
+  valueFrom: {secretKeyRef: {{ include "arcly.secretRef" (dict "root" .root "existing" .root.Values.auth.existingTokenSecret "existingKey" "token-secret" "key" "token-secret") }}}
+{{- end }}
+{{- include "arcly.registryEnv" .root }}
+- name: ARCLY_LOG_LEVEL
+  value: {{ .root.Values.logLevel | quote }}
+- name: ARCLY_LOG_JSON
+  value: {{ .root.Values.logJson | quote }}
+- name: ARCLY_METRICS
+  value: {{ .root.Values.metrics.enabled | quote }}
+{{- include "arcly.otelEnv" .root }}
+{{- with .values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* ---------------------------------------------------------------------------------------
+     Node Pods: args, volumes, probes and the drain. */}}
+{{- define "arcly.nodeArgs" -}}
+{{- $v := .root.Values -}}
+- --idle-timeout={{ $v.operator.idleTimeout }}
+- --drain-timeout={{ .values.drainTimeout }}
+{{- if $v.hls.enabled }}
+- --hls-segment-seconds={{ $v.hls.segmentSeconds }}
+- --hls-window={{ $v.hls.window }}
 {{- else }}
-- name: OTEL_SDK_DISABLED
-  value: "true"
+- --no-hls
+{{- end }}
+{{- if not $v.metrics.enabled }}
+- --no-metrics
+{{- end }}
+{{- if include "arcly.authEnabled" .root }}
+- --auth-config=/etc/arcly/auth/auth.toml
+{{- end }}
+{{- if $v.relay.tls.enabled }}
+{{- if or (eq .component "origin") $v.relay.tls.mutual }}
+- --relay-tls-cert=/etc/arcly/relay-tls/tls.crt
+- --relay-tls-key=/etc/arcly/relay-tls/tls.key
+{{- end }}
+{{- if or (eq .component "edge") $v.relay.tls.mutual }}
+- --relay-tls-ca=/etc/arcly/relay-tls/ca.crt
+{{- end }}
+{{- end }}
+{{- range .values.extraArgs }}
+- {{ . | quote }}
+{{- end }}
+{{- end -}}
+
+{{- define "arcly.nodeMounts" -}}
+- {name: tmp, mountPath: /tmp}
+{{- if include "arcly.authEnabled" .root }}
+- {name: auth, mountPath: /etc/arcly/auth, readOnly: true}
+{{- end }}
+{{- if .root.Values.relay.tls.enabled }}
+- {name: relay-tls, mountPath: /etc/arcly/relay-tls, readOnly: true}
+{{- end }}
+{{- with .values.extraVolumeMounts }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "arcly.nodeVolumes" -}}
+- name: tmp
+  emptyDir: {}
+{{- if include "arcly.authEnabled" .root }}
+- name: auth
+  secret:
+    secretName: {{ .root.Values.auth.existingSecret | default (printf "%s-auth" (include "arcly.fullname" .root)) }}
+    items: [{key: auth.toml, path: auth.toml}]
+{{- end }}
+{{- if .root.Values.relay.tls.enabled }}
+- name: relay-tls
+  secret:
+    secretName: {{ .root.Values.relay.tls.existingSecret }}
+{{- end }}
+{{- with .values.extraVolumes }}
+{{ toYaml . }}
 {{- end }}
 {{- end -}}
 
@@ -84,5 +203,70 @@ startupProbe:
 lifecycle:
   preStop:
     # Let the Service drop this Pod from its endpoints before SIGTERM starts the drain.
-    exec: {command: ["/bin/sh", "-c", "sleep 5"]}
+    exec: {command: ["/bin/sh", "-c", "sleep {{ .preStopSeconds }}"]}
+{{- end -}}
+
+{{/* preStop + drain + a margin for the last goodbyes: one number, derived. */}}
+{{- define "arcly.gracePeriod" -}}{{ add .preStopSeconds .drainTimeout 15 }}{{- end -}}
+
+{{/* What a rollout must follow: a change of these values restarts the Pods (generated
+     tokens never change a render, so GitOps renders stay stable). */}}
+{{- define "arcly.configChecksum" -}}
+{{- $v := .Values -}}
+{{- dict "auth" $v.auth "api" $v.api "relay" $v.relay "redis" (omit $v.redis "resources" "persistence" "image") | toJson | sha256sum -}}
+{{- end -}}
+
+{{/* Pod annotations: the config checksum, Prometheus scrape hints, the user's own. */}}
+{{- define "arcly.podAnnotations" -}}
+checksum/config: {{ include "arcly.configChecksum" .root }}
+{{- if and .root.Values.metrics.enabled .root.Values.metrics.scrapeAnnotations .port }}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ .port | quote }}
+prometheus.io/path: /metrics
+{{- end }}
+{{- with .values.podAnnotations }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Scheduling for a workload: priority, node selection, spread over nodes and zones. */}}
+{{- define "arcly.placement" -}}
+{{- with .root.Values.imagePullSecrets }}
+imagePullSecrets: {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with .values.nodeSelector }}
+nodeSelector: {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.tolerations }}
+tolerations: {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.affinity }}
+affinity: {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- if .values.topologySpreadConstraints }}
+topologySpreadConstraints: {{- toYaml .values.topologySpreadConstraints | nindent 2 }}
+{{- else if .values.spread }}
+topologySpreadConstraints:
+  {{- range list "kubernetes.io/hostname" "topology.kubernetes.io/zone" }}
+  - maxSkew: 1
+    topologyKey: {{ . }}
+    whenUnsatisfiable: ScheduleAnyway
+    labelSelector:
+      matchLabels: {{- include "arcly.selector" (dict "root" $.root "component" $.component) | nindent 8 }}
+  {{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* A Service's traffic options. */}}
+{{- define "arcly.serviceOptions" -}}
+type: {{ .type }}
+{{- if and .externalTrafficPolicy (ne .type "ClusterIP") }}
+externalTrafficPolicy: {{ .externalTrafficPolicy }}
+{{- end }}
+{{- if and .loadBalancerSourceRanges (eq .type "LoadBalancer") }}
+loadBalancerSourceRanges: {{- toYaml .loadBalancerSourceRanges | nindent 2 }}
+{{- end }}
 {{- end -}}
