@@ -106,7 +106,9 @@ def test_late_segmenter_produces_identical_uris_and_bytes(spec: list, join_after
     by_uri = {s.uri: s for s in early}
     assert len(by_uri) == len(early), "URIs are unique"
     common = [s for s in late if s.uri in by_uri]
-    assert len(common) >= 3, "the segmenters share several segments"
+    # Joining after up to 12 s of >= 20 s, with GOPs up to 3 s (segments up to 5 s): at least
+    # two whole segments are still ahead of the late segmenter.
+    assert len(common) >= 2, "the segmenters share several segments"
     for segment in late[:-1] if late and late[-1].uri not in by_uri else late:
         assert segment.uri in by_uri, "a late segment the early one does not have"
     for segment in common:
