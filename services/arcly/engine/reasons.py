@@ -13,6 +13,9 @@ import enum
 
 
 class CloseReason(enum.StrEnum):
+    def __repr__(self) -> str:  # logs write reasons with %r: 'shutdown', as before
+        return repr(self.value)
+
     SLOW_VIEWER = "slow viewer"
     """A subscriber that kept falling behind (or whose socket stayed blocked) was cut."""
     CLIENT_CLOSED = "client closed"
