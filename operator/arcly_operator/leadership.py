@@ -10,9 +10,9 @@ seconds; the others watch the record, and take it over once it has not changed f
 ``duration`` seconds *as they observed it* (their own clock, so clock skew between nodes does
 not matter). Writes are merge patches naming the ``resourceVersion`` they read, which the API
 server applies only to that version, so of two candidates only one wins. A leader that cannot
-renew for ``duration`` steps down before anyone can take over; one that stops cleanly empties
-the holder so a follower takes over at its next try.
-Failover after a crash: at most ``duration + retry`` seconds.
+renew within its renew deadline (two thirds of ``duration``) stops acting before anyone may
+take over; one that stops cleanly empties the holder so a follower takes over at its next try.
+Failover after a crash: at most ``duration + 2 * retry`` seconds (+ request latency).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .kube import Conflict, Kube, KubeError
+from .kube import Conflict, Kube
 
 log = logging.getLogger("arcly.operator")
 
@@ -71,6 +71,11 @@ def may_take(lease: dict[str, Any], me: str, observed: Observed | None, now: flo
 
 
 class LeaderElector:
+    """``is_leader`` is true only while our last successful renewal is younger than
+    ``renew_deadline`` (two thirds of ``duration``, client-go's ratio): a leader that cannot
+    reach the API server stops acting *before* a follower may take over, even if a request
+    hangs."""
+
     def __init__(self, kube: Kube, *, namespace: str, name: str, identity: str,
                  duration: float = 15.0, renew_every: float = 5.0, retry: float = 2.0,
                  clock: Callable[[], float] = time.monotonic,
@@ -80,14 +85,19 @@ class LeaderElector:
         self.name = name
         self.identity = identity
         self.duration = duration
-        self.renew_every = renew_every
+        self.renew_deadline = duration * 2 / 3
+        self.renew_every = min(renew_every, self.renew_deadline / 2)
         self.retry = retry
         self.clock = clock
         self.on_change = on_change
-        self.is_leader = False
+        self._leading = False  # as last decided; ``is_leader`` also checks the deadline
         self._announced = False
         self._observed: Observed | None = None
-        self._renewed_at = 0.0  # our clock, when our last renewal succeeded
+        self._renewed_at = -1e18  # our clock, when our last renewal succeeded
+
+    @property
+    def is_leader(self) -> bool:
+        return self._leading and self.clock() - self._renewed_at < self.renew_deadline
 
     @property
     def path(self) -> str:
@@ -95,13 +105,13 @@ class LeaderElector:
                 f"{self.name}")
 
     def _set(self, leader: bool) -> None:
-        changed = leader != self.is_leader
+        changed = leader != self._leading
         if changed or not self._announced:
             self._announced = True
             log.info("%s leader=%s lease=%s/%s", "leading" if leader else "following",
                      self.identity, self.namespace, self.name)
         if changed:
-            self.is_leader = leader
+            self._leading = leader
             if self.on_change is not None:
                 self.on_change(leader)
 
@@ -136,24 +146,31 @@ class LeaderElector:
         try:
             await self.kube.merge_patch(self.path, body)
         except Conflict:
-            return False
+            return False  # the record changed under us: someone else wrote it first
         self._renewed_at = now
         return True
 
+    def _budget(self) -> float:
+        """How long one attempt may take: a leader must know before its deadline passes."""
+        if not self._leading:
+            return max(self.retry, 1.0) * 2
+        return max(0.5, self.renew_deadline - (self.clock() - self._renewed_at))
+
     async def run(self, stop: asyncio.Event) -> None:
-        """Lead or follow until ``stop``; then give the lease up if we hold it."""
+        """Lead or follow until ``stop``; then give the lease up if we hold it. Any failure
+        of an attempt (the API server away, a broken response) is logged and retried."""
         try:
             while not stop.is_set():
+                ok = True
                 try:
-                    leading = await self.try_once()
-                except (KubeError, OSError, TimeoutError) as exc:
-                    log.warning("lease %s/%s unreachable error=%s", self.namespace, self.name,
+                    leading = await asyncio.wait_for(self.try_once(), self._budget())
+                except Exception as exc:  # the elector must never die
+                    ok = False
+                    log.warning("lease %s/%s not renewed error=%r", self.namespace, self.name,
                                 exc)
-                    # Past our own lease we must assume someone else took over.
-                    leading = self.is_leader and \
-                        self.clock() - self._renewed_at < self.duration - self.retry
+                    leading = self.is_leader  # past the renew deadline: no longer
                 self._set(leading)
-                wait = self.renew_every if leading else self.retry
+                wait = self.renew_every if leading and ok else self.retry
                 try:
                     await asyncio.wait_for(stop.wait(), wait)
                 except TimeoutError:
@@ -167,13 +184,13 @@ class LeaderElector:
         """Step down now (a clean shutdown): an empty holder lets a follower take over at its
         next try instead of after the lease duration."""
         try:
-            lease = await self.kube.get(self.path)
+            lease = await asyncio.wait_for(self.kube.get(self.path), self.retry * 2)
             if lease is None or (lease.get("spec") or {}).get("holderIdentity") != \
                     self.identity:
                 return
-            await self.kube.merge_patch(self.path, {
+            await asyncio.wait_for(self.kube.merge_patch(self.path, {
                 "metadata": {"resourceVersion": lease["metadata"].get("resourceVersion")},
-                "spec": {"holderIdentity": ""}})
-        except (KubeError, OSError, TimeoutError) as exc:
-            log.warning("could not release lease %s/%s error=%s", self.namespace, self.name,
+                "spec": {"holderIdentity": ""}}), self.retry * 2)
+        except Exception as exc:  # shutting down; the lease lapses anyway
+            log.warning("could not release lease %s/%s error=%r", self.namespace, self.name,
                         exc)

@@ -53,21 +53,19 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.identity = _identity()
     memo.kube = Kube(KubeAccess.from_settings(current.kube_url))
     memo.cluster = ClusterView(current.registry())
-    leading = asyncio.Event()
-    memo.leading = leading
     memo.elector = LeaderElector(
         memo.kube, namespace=current.namespace, name=current.lease_name,
         identity=memo.identity, duration=current.lease_seconds,
-        renew_every=max(1.0, current.lease_seconds / 3), retry=current.lease_retry,
-        on_change=lambda lead: leading.set() if lead else leading.clear())
+        renew_every=max(1.0, current.lease_seconds / 3), retry=current.lease_retry)
     memo.telemetry = telemetry.Telemetry(leading=lambda: memo.elector.is_leader)
     memo.reconciler = Reconciler(memo.kube, memo.cluster, memo.telemetry, current.namespace,
                                  current.pod_labels(), memo.identity)
     memo.stop = asyncio.Event()
     memo.tasks = [
         asyncio.create_task(memo.elector.run(memo.stop), name="leader-election"),
-        asyncio.create_task(memo.reconciler.run(memo.stop, leading, current.reap_interval),
-                            name="reconcile")]
+        asyncio.create_task(memo.reconciler.run(
+            memo.stop, lambda: memo.elector.is_leader, current.reap_interval),
+            name="reconcile")]
     memo.metrics = await _serve_metrics(current.metrics_listen, memo.installed)
     log.info("operator starting id=%s namespace=%s release=%s lease=%s/%s", memo.identity,
              current.namespace, current.release or "*", current.namespace, current.lease_name)
@@ -92,6 +90,16 @@ async def _serve_metrics(listen: str, installed: Any) -> web.AppRunner | None:
     for bound in runner.addresses:
         log.info("listening protocol=metrics address=%s:%d", bound[0], bound[1])
     return runner
+
+
+@kopf.on.probe(id="operator")
+def alive(memo: kopf.Memo, **_: Any) -> str:
+    """Part of kopf's liveness endpoint: a replica whose election or loop died is restarted."""
+    for task in memo.tasks:
+        if task.done() and not memo.stop.is_set():
+            why = "cancelled" if task.cancelled() else repr(task.exception())
+            raise RuntimeError(f"{task.get_name()} stopped: {why}")
+    return "leader" if memo.elector.is_leader else "follower"
 
 
 @kopf.on.login()

@@ -7,7 +7,8 @@ from __future__ import annotations
 NAMESPACED: dict[tuple[str, str], frozenset[str]] = {
     ("", "pods"): frozenset({"get", "list", "watch", "patch"}),  # lifecycle + deletion cost
     ("", "events"): frozenset({"create"}),  # kopf posts what it did on the objects
-    ("arcly.io", "arclyclusters"): frozenset({"get", "list"}),  # their spec, by release
+    # their spec, by release; patch: an upgrade from 0.1 removes the old kopf finalizer
+    ("arcly.io", "arclyclusters"): frozenset({"get", "list", "patch"}),
     ("arcly.io", "arclyclusters/status"): frozenset({"get", "patch"}),
     ("coordination.k8s.io", "leases"): frozenset({"get", "create", "patch"}),  # leadership
 }

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,9 @@ from .telemetry import Telemetry
 
 log = logging.getLogger("arcly.operator")
 ARCLYCLUSTERS = "/apis/arcly.io/v1alpha1/namespaces/{ns}/arclyclusters"
+# The finalizer kopf's timer put on ArclyClusters up to chart 0.1: nothing removes it any more
+# but us, and it would hold up their deletion (and the namespace's).
+KOPF_FINALIZER = "kopf.zalando.org/KopfFinalizerMarker"
 PODS = "/api/v1/namespaces/{ns}/pods"
 
 
@@ -93,30 +96,53 @@ class Reconciler:
     async def run_once(self) -> None:
         with self.telemetry.action("reconcile") as span:
             pods = await self.kube.list(PODS.format(ns=self.namespace), labels=self.labels)
-            nodes = await self.cluster.nodes()
-            await self.node_states_and_costs(pods, nodes)
             clusters = [c for c in await self.kube.list(
                 ARCLYCLUSTERS.format(ns=self.namespace), labels=self.labels) if self._ours(c)]
-            idle_timeout = float(next(
-                (c.get("spec", {}).get("idleTimeoutSeconds") for c in clusters
-                 if c.get("spec", {}).get("idleTimeoutSeconds")),
-                EngineConfig().idle_timeout or 30.0))
-            live = await self.reap(nodes, idle_timeout)
-            status = {**decisions.cluster_status(nodes, live, self.last_reap, self.reaped),
-                      "leader": self.identity}
             for item in clusters:
-                name = item["metadata"]["name"]
-                await self.kube.merge_patch(
-                    f"{ARCLYCLUSTERS.format(ns=self.namespace)}/{name}/status",
-                    {"status": status})
+                await self._drop_old_finalizer(item)
+            try:
+                nodes = await self.cluster.nodes()
+                await self.node_states_and_costs(pods, nodes)
+                idle_timeout = float(next(
+                    (c.get("spec", {}).get("idleTimeoutSeconds") for c in clusters
+                     if c.get("spec", {}).get("idleTimeoutSeconds")),
+                    EngineConfig().idle_timeout or 30.0))
+                live = await self.reap(nodes, idle_timeout)
+            except RedisError as exc:  # say so where people look, then let the loop log it
+                await self._status(clusters, {"registry": f"unreachable: {exc}"[:200],
+                                              "leader": self.identity})
+                raise
+            await self._status(clusters, {
+                **decisions.cluster_status(nodes, live, self.last_reap, self.reaped),
+                "registry": "ok", "leader": self.identity})
             span.set_attribute("arcly.pods", len(pods))
             self.runs += 1
 
-    async def run(self, stop: asyncio.Event, leading: asyncio.Event, interval: float) -> None:
-        """Reconcile every ``interval`` seconds while ``leading`` is set, until ``stop``."""
+    async def _status(self, clusters: list[dict[str, Any]], status: dict[str, Any]) -> None:
+        for item in clusters:
+            name = item["metadata"]["name"]
+            await self.kube.merge_patch(
+                f"{ARCLYCLUSTERS.format(ns=self.namespace)}/{name}/status", {"status": status})
+
+    async def _drop_old_finalizer(self, item: Mapping[str, Any]) -> None:
+        finalizers = item.get("metadata", {}).get("finalizers") or []
+        if KOPF_FINALIZER not in finalizers:
+            return
+        name = item["metadata"]["name"]
+        await self.kube.merge_patch(f"{ARCLYCLUSTERS.format(ns=self.namespace)}/{name}", {
+            "metadata": {"resourceVersion": item["metadata"].get("resourceVersion"),
+                         "finalizers": [f for f in finalizers if f != KOPF_FINALIZER]}})
+        log.info("removed the finalizer of chart 0.1 arclycluster=%s", name)
+
+    async def run(self, stop: asyncio.Event, leading: Callable[[], bool],
+                  interval: float) -> None:
+        """Reconcile every ``interval`` seconds while ``leading()``, until ``stop``."""
         while not stop.is_set():
-            if not leading.is_set():
-                await _first(stop.wait(), leading.wait())
+            if not leading():
+                try:
+                    await asyncio.wait_for(stop.wait(), min(interval, 0.5))
+                except TimeoutError:
+                    pass
                 continue
             try:
                 await self.run_once()
@@ -129,11 +155,3 @@ class Reconciler:
             except TimeoutError:
                 pass
 
-
-async def _first(*waits: Any) -> None:
-    tasks = [asyncio.ensure_future(w) for w in waits]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()

@@ -196,6 +196,7 @@ def test_values_that_break_the_schema_are_rejected(helm: str, tmp_path: Path) ->
     (["--set", "redis.bundled=false"], "redis.externalUrl (or redis.existingSecret"),
     (["--set", "relay.tls.enabled=true"], "relay.tls.existingSecret"),
     (["--set", "edge.ingress.enabled=true"], "edge.ingress.hosts"),
+    (["--set", "edge.keda.enabled=true"], "metrics.serviceMonitor.enabled or give edge.keda.query"),
 ])
 def test_values_that_cannot_work_fail_naming_the_value(helm: str, args: list[str],
                                                        message: str) -> None:
@@ -312,7 +313,8 @@ def test_placement_and_service_options_reach_every_workload(helm: str) -> None:
     scaled = named(docs, "ScaledObject", "-edge")
     assert "arcly_viewers" in scaled["spec"]["triggers"][0]["metadata"]["query"]
     monitor = named(docs, "ServiceMonitor", "demo-arcly")
-    assert {e["port"] for e in monitor["spec"]["endpoints"]} == {"http", "metrics"}
+    assert {e["port"] for e in monitor["spec"]["endpoints"]} == {"metrics"}
+    assert "demo-arcly-edge-metrics" in scaled["spec"]["triggers"][0]["metadata"]["query"]
 
 
 def test_autoscaling_is_gentle_on_scale_in_and_can_follow_viewers(helm: str,
@@ -352,8 +354,18 @@ def test_renders_of_unchanged_values_do_not_restart_pods(helm: str) -> None:
 
     first, second = render(helm), render(helm)
     assert annotations(first) == annotations(second), "no checksum of generated tokens"
-    changed = render(helm, "--set", "api.token=rotated-token")
-    assert annotations(changed) != annotations(first), "a value change rolls the Pods"
+
+    def checksums(docs: list[dict[str, Any]]) -> dict[str, str]:
+        return {component(w): w["spec"]["template"]["metadata"]["annotations"][
+            "checksum/config"] for w in workloads(docs)}
+
+    before = checksums(first)
+    rotated = checksums(render(helm, "--set", "api.token=rotated-token"))
+    assert rotated["edge"] != before["edge"] and rotated["origin"] != before["origin"]
+    assert rotated["redis"] == before["redis"], "Redis (the registry) keeps running"
+    assert rotated["operator"] == before["operator"]
+    password = checksums(render(helm, "--set", "redis.password=new-password"))
+    assert all(password[c] != before[c] for c in before), "everyone follows the password"
 
 
 def test_node_probes_hit_endpoints_the_node_serves(default: list[dict[str, Any]]) -> None:
@@ -366,7 +378,8 @@ def test_node_probes_hit_endpoints_the_node_serves(default: list[dict[str, Any]]
         assert container["readinessProbe"]["httpGet"]["path"] == READINESS_PATH
         assert f"--http-listen=0.0.0.0:{ports['http']}" in container["args"]
         annotations = workload["spec"]["template"]["metadata"]["annotations"]
-        assert annotations["prometheus.io/port"] == str(ports["http"])
+        assert annotations["prometheus.io/port"] == str(ports["metrics"])
+        assert f"--metrics-listen=0.0.0.0:{ports['metrics']}" in container["args"]
 
 
 def test_origins_advertise_their_headless_service_address(default: list[dict[str, Any]]) -> None:
@@ -374,21 +387,33 @@ def test_origins_advertise_their_headless_service_address(default: list[dict[str
     headless = origin["spec"]["serviceName"]
     service = named(default, "Service", headless)
     assert service["spec"]["clusterIP"] == "None"
-    assert {p["name"] for p in service["spec"]["ports"]} == {"grpc", "http"}
+    assert {p["name"] for p in service["spec"]["ports"]} == {"grpc", "metrics"}
     args = origin["spec"]["template"]["spec"]["containers"][0]["args"]
     assert f"--advertise-address=$(POD_NAME).{headless}.$(POD_NAMESPACE).svc:7000" in args
 
 
-def test_relay_tls_mounts_the_certificate_secret(helm: str) -> None:
-    docs = render(helm, *VALUE_SETS["relay-tls"])
-    for workload in workloads(docs):
-        if component(workload) not in ("origin", "edge"):
-            continue
-        pod = workload["spec"]["template"]["spec"]
-        args = pod["containers"][0]["args"]
-        assert {"--relay-tls-cert=/etc/arcly/relay-tls/tls.crt",
-                "--relay-tls-ca=/etc/arcly/relay-tls/ca.crt"} <= set(args)
-        assert any(v.get("secret", {}).get("secretName") == "relay-tls" for v in pod["volumes"])
+def _tls_volume(docs: list[dict[str, Any]], role: str) -> tuple[list[str], dict[str, Any]]:
+    (workload,) = [w for w in workloads(docs) if component(w) == role]
+    pod = workload["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "relay-tls")
+    return pod["containers"][0]["args"], volume["secret"]
+
+
+def test_relay_tls_mounts_the_certificate_secret_and_keeps_the_key_off_edges(helm: str) -> None:
+    docs = render(helm, *VALUE_SETS["relay-tls"])  # mutual: edges present a certificate
+    args, secret = _tls_volume(docs, "origin")
+    assert {"--relay-tls-cert=/etc/arcly/relay-tls/tls.crt",
+            "--relay-tls-ca=/etc/arcly/relay-tls/ca.crt"} <= set(args)
+    assert secret == {"secretName": "relay-tls"}
+    docs = render(helm, *VALUE_SETS["relay-tls"], "--set", "relay.tls.edgeSecret=edge-client")
+    args, secret = _tls_volume(docs, "edge")
+    assert secret == {"secretName": "edge-client"}, "mTLS: the edges' own certificate"
+    assert "--relay-tls-cert=/etc/arcly/relay-tls/tls.crt" in args
+    docs = render(helm, *VALUE_SETS["relay-tls"], "--set", "relay.tls.mutual=false")
+    args, secret = _tls_volume(docs, "edge")
+    assert secret["items"] == [{"key": "ca.crt", "path": "ca.crt"}], "no origin key on edges"
+    assert args[-1] == "--relay-tls-ca=/etc/arcly/relay-tls/ca.crt"
+    assert not any(a.startswith("--relay-tls-cert") for a in args)
 
 
 def test_otel_settings_follow_values(helm: str) -> None:
@@ -494,7 +519,7 @@ def chart_nodes(helm: str, tmp_path: Path, ffmpeg: str
         grpc = free_port()
         listen = {"--rtmp-listen": "127.0.0.1:0", "--http-listen": "127.0.0.1:0",
                   "--grpc-listen": f"127.0.0.1:{grpc}",
-                  "--advertise-address": f"127.0.0.1:{grpc}"}
+                  "--advertise-address": f"127.0.0.1:{grpc}", "--metrics-listen": "127.0.0.1:0"}
         args = rendered.args(container, env, mounts, listen)
         node = Node(*args[1:], role=args[0], env=env)
         nodes.append(node)

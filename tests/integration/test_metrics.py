@@ -1,5 +1,5 @@
 """Prometheus: a real Prometheus server (Debian's package) scrapes a real node's /metrics and
-answers PromQL about its viewers."""
+answers PromQL about its viewers (RTMP, HTTP-FLV and a polling HLS player)."""
 
 from __future__ import annotations
 
@@ -55,6 +55,16 @@ def test_metrics_can_be_turned_off(node_factory: Callable[..., Node]) -> None:
     assert off.value.code == 404
 
 
+def test_metrics_can_have_a_port_of_their_own(node_factory: Callable[..., Node]) -> None:
+    node = node_factory("--metrics-listen", "127.0.0.1:0")
+    port = int(node.wait_for_log(r"listening protocol=metrics ").rsplit(":", 1)[1].strip('"'))
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        assert b"arcly_limits_refused_total" in resp.read()
+    with pytest.raises(urllib.error.HTTPError) as elsewhere:
+        urllib.request.urlopen(f"http://127.0.0.1:{node.http}/metrics", timeout=10)
+    assert elsewhere.value.code == 404, "not on the public HTTP port"
+
+
 def test_prometheus_scrapes_viewers_from_a_node(
         node: Node, publish: Callable[[Node, str], FfmpegPublisher], tmp_path: Path) -> None:
     binary = shutil.which("prometheus")
@@ -80,7 +90,7 @@ scrape_configs:
             stop = asyncio.Event()
             flv = [await HttpFlvReader.open(node.http, "/live/prom.flv") for _ in range(2)]
             rtmp = []
-            for _ in range(3):
+            for _ in range(2):
                 client = await RtmpClient.connect("127.0.0.1", node.rtmp, "live")
                 assert (await client.play("prom")).code == "NetStream.Play.Start"
                 rtmp.append(client)
@@ -94,7 +104,16 @@ scrape_configs:
                     while not stop.is_set():
                         await client.read_message(10)
 
-                await asyncio.gather(*map(flv_viewer, flv), *map(rtmp_viewer, rtmp))
+                async def hls_viewer() -> None:  # a player polling its playlist
+                    url = f"http://127.0.0.1:{node.http}/live/prom/index.m3u8"
+                    request = urllib.request.Request(url, headers={"User-Agent": "hls.js"})
+                    while not stop.is_set():
+                        await asyncio.to_thread(lambda: urllib.request.urlopen(
+                            request, timeout=15).read())
+                        await asyncio.sleep(1)
+
+                await asyncio.gather(*map(flv_viewer, flv), *map(rtmp_viewer, rtmp),
+                                     hls_viewer())
 
             reading = asyncio.create_task(keep_reading())
             try:
@@ -120,7 +139,7 @@ scrape_configs:
 
         by_protocol, per_stream = asyncio.run(scenario())
         counts = {r["metric"]["network_protocol_name"]: float(r["value"][1]) for r in by_protocol}
-        assert counts == {"rtmp": 3.0, "http-flv": 2.0}
+        assert counts == {"rtmp": 2.0, "http-flv": 2.0, "hls": 1.0}
         assert [(r["metric"]["arcly_stream_key"], float(r["value"][1]))
                 for r in per_stream] == [("live/prom", 5.0)]
         received = query(port, 'arcly_stream_received_bytes_total{arcly_stream_key="live/prom"}')

@@ -38,6 +38,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- if and .Values.metrics.serviceMonitor.enabled (not .Values.metrics.enabled) -}}
 {{- fail "metrics.serviceMonitor.enabled needs metrics.enabled" -}}
 {{- end -}}
+{{- if and .Values.edge.keda.enabled (not .Values.edge.keda.query) (not .Values.metrics.serviceMonitor.enabled) -}}
+{{- fail "edge.keda.enabled queries series labelled by the ServiceMonitor: enable metrics.serviceMonitor.enabled or give edge.keda.query" -}}
+{{- end -}}
 {{- end -}}
 
 {{/* ---------------------------------------------------------------------------------------
@@ -134,7 +137,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- else }}
 - --no-hls
 {{- end }}
-{{- if not $v.metrics.enabled }}
+{{- if $v.metrics.enabled }}
+- --metrics-listen=0.0.0.0:{{ $v.metrics.port }}
+{{- else }}
 - --no-metrics
 {{- end }}
 {{- if include "arcly.authEnabled" .root }}
@@ -176,10 +181,18 @@ app.kubernetes.io/component: {{ .component }}
     secretName: {{ .root.Values.auth.existingSecret | default (printf "%s-auth" (include "arcly.fullname" .root)) }}
     items: [{key: auth.toml, path: auth.toml}]
 {{- end }}
-{{- if .root.Values.relay.tls.enabled }}
+{{- $tls := .root.Values.relay.tls }}
+{{- if $tls.enabled }}
 - name: relay-tls
   secret:
-    secretName: {{ .root.Values.relay.tls.existingSecret }}
+    {{- if eq .component "origin" }}
+    secretName: {{ $tls.existingSecret }}
+    {{- else if $tls.mutual }}
+    secretName: {{ $tls.edgeSecret | default $tls.existingSecret }}
+    {{- else }}
+    secretName: {{ $tls.existingSecret }}
+    items: [{key: ca.crt, path: ca.crt}]   # edges verify origins; they never see their key
+    {{- end }}
 {{- end }}
 {{- with .values.extraVolumes }}
 {{ toYaml . }}
@@ -209,16 +222,30 @@ lifecycle:
 {{/* preStop + drain + a margin for the last goodbyes: one number, derived. */}}
 {{- define "arcly.gracePeriod" -}}{{ add .preStopSeconds .drainTimeout 15 }}{{- end -}}
 
-{{/* What a rollout must follow: a change of these values restarts the Pods (generated
-     tokens never change a render, so GitOps renders stay stable). */}}
-{{- define "arcly.configChecksum" -}}
-{{- $v := .Values -}}
-{{- dict "auth" $v.auth "api" $v.api "relay" $v.relay "redis" (omit $v.redis "resources" "persistence" "image") | toJson | sha256sum -}}
+{{/* What a rollout must follow, per workload: a change of these values restarts its Pods
+     (generated tokens never change a render, so GitOps renders stay stable; Redis restarts
+     only for its password, so rotating an API token does not wipe the registry). */}}
+{{- define "arcly.redisAuthValues" -}}
+{{- $r := .Values.redis -}}
+{{- dict "password" $r.password "existing" $r.existingPasswordSecret | toJson -}}
+{{- end -}}
+
+{{- define "arcly.checksum" -}}
+{{- $v := .root.Values -}}
+{{- $r := $v.redis -}}
+{{- $registry := dict "auth" (include "arcly.redisAuthValues" .root) "bundled" $r.bundled "url" $r.externalUrl "secret" $r.existingSecret -}}
+{{- if eq .component "redis" -}}
+{{- include "arcly.redisAuthValues" .root | sha256sum -}}
+{{- else if eq .component "operator" -}}
+{{- $registry | toJson | sha256sum -}}
+{{- else -}}
+{{- dict "auth" $v.auth "api" $v.api "relay" $v.relay "registry" $registry | toJson | sha256sum -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Pod annotations: the config checksum, Prometheus scrape hints, the user's own. */}}
 {{- define "arcly.podAnnotations" -}}
-checksum/config: {{ include "arcly.configChecksum" .root }}
+checksum/config: {{ include "arcly.checksum" . }}
 {{- if and .root.Values.metrics.enabled .root.Values.metrics.scrapeAnnotations .port }}
 prometheus.io/scrape: "true"
 prometheus.io/port: {{ .port | quote }}

@@ -13,6 +13,7 @@ encode every frame once per edge instead of once.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hmac
 import logging
 import time
@@ -26,6 +27,7 @@ from arcly.engine import (
     CloseReason,
     Frame,
     InvalidStreamKey,
+    ListenError,
     PublishRegistry,
     ShutdownToken,
     StreamKey,
@@ -90,6 +92,11 @@ def _identity(data: bytes) -> bytes:
     return data
 
 
+def _bind_reason(error: RuntimeError) -> str:
+    text = str(error).lower()
+    return "address already in use" if "bind" in text or "in use" in text else str(error)
+
+
 class RelayServer:
     """Serves ``arcly.relay.v1.Relay`` on the origin's gRPC listener."""
 
@@ -105,9 +112,12 @@ class RelayServer:
         self.settings = settings
         self.addresses: list[tuple[str, int]] = []
         self._registry: PublishRegistry | None = None
+        self._server: grpc.aio.Server | None = None
 
-    async def run(self, registry: PublishRegistry, shutdown: ShutdownToken) -> None:
-        self._registry = registry
+    async def bind(self) -> None:
+        """Take the address (idempotent); raises ``ListenError``."""
+        if self._server is not None:
+            return
         server = grpc.aio.server(options=grpc_options(self.settings))
         handler = grpc.method_handlers_generic_handler(SERVICE, {
             "Subscribe": grpc.unary_stream_rpc_method_handler(
@@ -116,23 +126,45 @@ class RelayServer:
         server.add_generic_rpc_handlers((handler,))
         address = f"{self.host}:{self.port}"
         settings = self.settings
-        if settings.tls_cert and settings.tls_key:
-            credentials = grpc.ssl_server_credentials(
-                [(settings.tls_key, settings.tls_cert)], root_certificates=settings.tls_ca,
-                require_client_auth=settings.tls_ca is not None)
-            port = server.add_secure_port(address, credentials)
-        else:
-            port = server.add_insecure_port(address)
+        try:
+            if settings.tls_cert and settings.tls_key:
+                credentials = grpc.ssl_server_credentials(
+                    [(settings.tls_key, settings.tls_cert)], root_certificates=settings.tls_ca,
+                    require_client_auth=settings.tls_ca is not None)
+                port = server.add_secure_port(address, credentials)
+            else:
+                port = server.add_insecure_port(address)
+        except RuntimeError as exc:  # grpc reports a failed bind this way
+            raise ListenError("relay", self.host, self.port,
+                              OSError(errno.EADDRINUSE, _bind_reason(exc))) from None
+        if not port:  # older grpc: 0 for a failed bind
+            raise ListenError("relay", self.host, self.port,
+                              OSError(errno.EADDRINUSE, "address already in use"))
+        self._server = server
         self.addresses = [(self.host, port)]
+
+    async def run(self, registry: PublishRegistry, shutdown: ShutdownToken) -> None:
+        self._registry = registry
+        await self.bind()
+        server = self._server
+        assert server is not None
         await server.start()
-        log.info("listening protocol=relay address=%s:%d tls=%s mtls=%s", self.host, port,
-                 bool(settings.tls_cert), bool(settings.tls_cert and settings.tls_ca))
+        settings = self.settings
+        log.info("listening protocol=relay address=%s:%d tls=%s mtls=%s", self.host,
+                 self.addresses[0][1], bool(settings.tls_cert),
+                 bool(settings.tls_cert and settings.tls_ca))
         if self.on_bound is not None:
-            self.on_bound(self.host, port)
+            self.on_bound(self.host, self.addresses[0][1])
         try:
             await shutdown.wait()
         finally:
             await server.stop(grace=5.0)
+
+    async def close(self) -> None:
+        """Give the address back without serving (start-up failed elsewhere)."""
+        if self._server is not None:
+            await self._server.stop(grace=None)
+            self._server = None
 
     def _authorized(self, context: grpc.aio.ServicerContext) -> bool:
         expected = f"Bearer {self.settings.token}"
@@ -153,7 +185,8 @@ class RelayServer:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         assert self._registry is not None
         try:
-            sub = await self._registry.subscribe(key, protocol="relay", peer=peer)
+            sub = await self._registry.subscribe(key, protocol="relay", peer=peer,
+                                                   viewer=False)
         except StreamNotFound as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         token = sub.stream.token

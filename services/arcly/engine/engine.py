@@ -106,9 +106,11 @@ class Engine:
             log.warning("ownership release failed stream=%s error=%s", key, exc)
         return True
 
-    async def subscribe(self, key: StreamKey, *, protocol: str = "",
-                        peer: str = "") -> Subscription:
+    async def subscribe(self, key: StreamKey, *, protocol: str = "", peer: str = "",
+                        viewer: bool = True) -> Subscription:
         """Join ``key``'s stream. The first batch holds configuration + the cached GOP.
+        ``viewer``: a person watching (counted as a viewer), not a segmenter, recorder or
+        relay.
 
         On a node with an ``Upstream`` (an edge), a key it does not have is opened upstream
         once, shared by every local subscriber, and closed ``upstream_linger`` seconds after
@@ -118,7 +120,7 @@ class Engine:
             stream = await self._pull(key)
         if stream is None:
             raise StreamNotFound(f"{key} is not being published")
-        sub = Subscription(stream, protocol=protocol, peer=peer)
+        sub = Subscription(stream, protocol=protocol, peer=peer, viewer=viewer)
         stream.add_subscriber(sub)
         self.observer.on_play_start(key, protocol, peer)
         return sub

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 class ArclyError(Exception):
     """Base of every error arcly raises on purpose."""
@@ -29,3 +31,14 @@ class AuthError(ArclyError):
 
 class HandlerCrashed(ArclyError):
     """A protocol handler raised something that is not an ``ArclyError``."""
+
+
+class ListenError(ArclyError):
+    """A listener cannot bind its address (in use, not ours, no such interface)."""
+
+    def __init__(self, protocol: str, host: str, port: int, error: OSError) -> None:
+        reason = os.strerror(error.errno) if error.errno else (error.strerror or str(error))
+        super().__init__(f"cannot listen on {host}:{port} for {protocol}: {reason.lower()}")
+        self.protocol = protocol
+        self.address = f"{host}:{port}"
+        self.reason = reason

@@ -274,12 +274,15 @@ class Subscription:
         "peer",
         "protocol",
         "stream",
+        "viewer",
     )
 
-    def __init__(self, stream: Stream, *, protocol: str, peer: str) -> None:
+    def __init__(self, stream: Stream, *, protocol: str, peer: str,
+                 viewer: bool = True) -> None:
         self.stream = stream
         self.protocol = protocol
         self.peer = peer
+        self.viewer = viewer  # a person watching, not a segmenter, recorder or relay
         cfg = stream.config
         self._max_frames = cfg.viewer_backlog_frames
         self._max_bytes = cfg.viewer_backlog_bytes

@@ -32,6 +32,7 @@ from .segmenter import Segment, Segmenter
 log = logging.getLogger("arcly.hls")
 
 EXTRA_KEPT = 3  # segments kept after they leave the playlist, for late fetches
+MAX_TRACKED_CLIENTS = 100_000  # per node, for the viewer estimate (oldest forgotten first)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +41,12 @@ class HlsSettings:
     window: int = 6
     on_publish: bool = False
     linger: float = 30.0
+
+    @property
+    def viewer_window(self) -> float:
+        """A player polls its playlist about once per segment; one that has not for this long
+        is gone (for the viewer estimate)."""
+        return 3 * self.segment_seconds + 2
 
     @property
     def first_segment_wait(self) -> float:
@@ -82,11 +89,39 @@ class HlsService(NullObserver):
         self._states: dict[StreamKey, _KeyState] = {}
         self._starting: set[asyncio.Task[_KeyState | None]] = set()
         self._stopping = False
+        # HLS has no sessions: a viewer is a client that asked for a playlist lately.
+        self._clients: dict[tuple[StreamKey, str], float] = {}
+        self.bytes_sent = 0  # playlists and segments served
 
     # -- serving ------------------------------------------------------------------------------
 
-    async def playlist(self, key: StreamKey, *, query: str = "") -> str | None:
-        """The live playlist of ``key``, or None if nothing is or was published there."""
+    def note_client(self, key: StreamKey, client: str, now: float | None = None) -> None:
+        """``client`` (address and user agent) asked for ``key``'s playlist."""
+        entry = (key, client)
+        self._clients.pop(entry, None)  # re-insert: the dict stays oldest-first
+        self._clients[entry] = time.monotonic() if now is None else now
+        while len(self._clients) > MAX_TRACKED_CLIENTS:
+            del self._clients[next(iter(self._clients))]
+
+    def viewers(self, now: float | None = None) -> dict[StreamKey, int]:
+        """An estimate of HLS viewers per key: clients that polled within the window
+        (players behind one address with one user agent count once)."""
+        cutoff = (time.monotonic() if now is None else now) - self.settings.viewer_window
+        while self._clients:
+            entry, seen = next(iter(self._clients.items()))
+            if seen >= cutoff:
+                break
+            del self._clients[entry]
+        counts: dict[StreamKey, int] = {}
+        for key, _ in self._clients:
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    async def playlist(self, key: StreamKey, *, query: str = "", client: str = "") -> str | None:
+        """The live playlist of ``key``, or None if nothing is or was published there.
+        ``client``: who asks (for the viewer estimate)."""
+        if client:
+            self.note_client(key, client)
         state = await self.start(key)
         if state is None:
             return None
@@ -130,7 +165,8 @@ class HlsService(NullObserver):
         if self.registry is None:  # not running yet
             return state
         try:
-            sub = await self.registry.subscribe(key, protocol="hls", peer="segmenter")
+            sub = await self.registry.subscribe(key, protocol="hls", peer="segmenter",
+                                              viewer=False)
         except StreamNotFound:
             return state
         state = self._states.get(key)  # the await above may have raced another start

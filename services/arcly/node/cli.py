@@ -17,11 +17,15 @@ from urllib.parse import urlencode
 
 from arcly import __version__
 from arcly.auth import tokens
-from arcly.engine import ArclyError, StreamKey
+from arcly.engine import ArclyError, ListenError, StreamKey
 
 from . import logs
 from .config import add_node_options, build_config
 from .server import run_node
+
+# The flag that sets each listener's address (for the start-up error).
+LISTEN_FLAGS = {"rtmp": "--rtmp-listen", "http": "--http-listen", "relay": "--grpc-listen",
+                "metrics": "--metrics-listen"}
 
 
 def _run(coro: Coroutine[Any, Any, None]) -> None:
@@ -67,6 +71,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(config.log_level, as_json=config.log_json)
     try:
         _run(run_node(commands[args.command][0], config))
+    except ListenError as exc:  # one line, the way a taken port should read
+        flag = LISTEN_FLAGS.get(exc.protocol, "")
+        logging.getLogger("arcly.node").error("cannot listen on %s (%s): %s", exc.address, flag,
+                                              exc.reason.lower())
+        return 2
     except (OSError, ValueError, ArclyError) as exc:
         logging.getLogger("arcly.node").error("node failed error=%s", exc)
         return 1

@@ -100,6 +100,7 @@ class NodeConfig:
     command_timeout: float = _RTMP.command_timeout
     write_coalesce_ms: float = DEFAULT_COALESCE * 1000
     metrics: bool = True
+    metrics_listen: Address | None = None
 
 
 def _positive_float_or_off(text: str) -> float | None:
@@ -202,6 +203,8 @@ _OPTIONS: list[tuple[str, object, str]] = [
     ("--write-coalesce-ms", _non_negative_float,
      "merge a viewer's frames into one write per this many ms (0: write each frame at once)"),
     ("--metrics", _bool, "serve Prometheus metrics at /metrics (--no-metrics to turn off)"),
+    ("--metrics-listen", _address,
+     "serve /metrics on this HOST:PORT instead of the HTTP port (keeps it off public Services)"),
 ]
 
 

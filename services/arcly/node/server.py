@@ -26,6 +26,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from arcly.auth import PerApp, Webhooks, load_auth
 from arcly.cluster.model import NodeLoad, NodeRole, NodeState
@@ -39,6 +40,7 @@ from arcly.engine import (
     Engine,
     EngineConfig,
     KeyOwnership,
+    ListenError,
     Observer,
     ProtocolHandler,
     ShutdownToken,
@@ -47,7 +49,7 @@ from arcly.engine import (
 )
 from arcly.hls.service import HlsService, HlsSettings
 from arcly.observe import CompositeObserver, LoggingObserver, otel, sdk
-from arcly.protocols.http import HttpServer, HttpSettings
+from arcly.protocols.http import HttpServer, HttpSettings, MetricsServer
 from arcly.protocols.listener import Admission, Limits, is_loopback
 from arcly.protocols.rtmp import RtmpServer, RtmpSettings
 from arcly.recording import FilesystemStorage, RecordingManager, RecordSettings
@@ -194,7 +196,12 @@ def _handlers(node: _Node, engine: Engine,
     handlers.append(HttpServer(config.http_listen.host, config.http_listen.port,
                                http_settings, engine=engine, hls=node.hls,
                                admission=node.admission, node=lambda: dict(node.identity),
-                               api_token=config.api_token, metrics=metrics))
+                               api_token=config.api_token,
+                               metrics=None if config.metrics_listen else metrics))
+    if config.metrics_listen is not None and metrics is not None:
+        handlers.append(MetricsServer(config.metrics_listen.host, config.metrics_listen.port,
+                                      http_settings, engine=engine, admission=node.admission,
+                                      metrics=metrics))
     if node.role is NodeRole.ORIGIN:
         registry = node.registry
         assert registry is not None and node.relay is not None
@@ -245,29 +252,23 @@ async def run_node(role: str | NodeRole, config: NodeConfig,
                           ownership=node.registry if node.role is NodeRole.ORIGIN else None,
                           upstream=node.upstream)
     if traced:
-        otel.StreamMetrics(engine, refused=node.admission.refusals)
+        hls = node.hls
+        otel.StreamMetrics(engine, refused=node.admission.refusals,
+                           hls_viewers=hls.viewers if hls is not None else None,
+                           hls_sent=(lambda: hls.bytes_sent) if hls is not None else None)
     handlers = _handlers(node, engine, installed.prometheus_text
                          if installed is not None and installed.prometheus is not None else None)
     _warn_if_open(config, auth)
-    reaper = engine.spawn_idle_reaper(min(5.0, (config.idle_timeout or 5.0) / 2), token)
+    reaper: asyncio.Task[None] | None = None
+    registry_task: asyncio.Task[None] | None = None
     stop_registry = asyncio.Event()
-    registry_task = (asyncio.create_task(node.registry.run(stop_registry, _Held(engine)),
-                                         name="registry")
-                     if node.registry is not None else None)
-    log.info("node starting role=%s id=%s rtmp=%s http=%s hls=%s record=%s idle_timeout=%s "
-             "loop=%s", node.role, node.identity["id"], config.rtmp_listen, config.http_listen,
-             config.hls, config.record, config.idle_timeout,
-             type(asyncio.get_running_loop()).__module__)
     try:
-        if node.registry is None:
-            await engine.serve_until_signal(handlers, token)
-        else:
-            drain = _Drain(engine, token, node.admission, node.registry, config.drain_timeout)
-            try:
-                await engine.serve_until_signal(handlers, token, on_signal=drain.on_signal)
-            finally:
-                if drain.task is not None:
-                    drain.task.cancel()
+        await _bind(handlers)
+        reaper = engine.spawn_idle_reaper(min(5.0, (config.idle_timeout or 5.0) / 2), token)
+        if node.registry is not None:
+            registry_task = asyncio.create_task(
+                node.registry.run(stop_registry, _Held(engine, node.hls)), name="registry")
+        await _serve(node, engine, handlers, token)
     finally:
         token.cancel()
         stop_registry.set()
@@ -283,6 +284,40 @@ async def run_node(role: str | NodeRole, config: NodeConfig,
             await node.registry.deregister()
             await node.registry.close()
     log.info("node stopped role=%s id=%s", node.role, node.identity["id"])
+
+
+async def _bind(handlers: Sequence[ProtocolHandler]) -> None:
+    """Every listener takes its address before any serves: a taken port is one clear error at
+    start-up (``ListenError``), with the addresses already taken given back."""
+    bound: list[Any] = []
+    try:
+        for handler in handlers:
+            bind = getattr(handler, "bind", None)
+            if bind is not None:
+                await bind()
+                bound.append(handler)
+    except ListenError:
+        for handler in bound:
+            await handler.close()
+        raise
+
+
+async def _serve(node: _Node, engine: Engine, handlers: Sequence[ProtocolHandler],
+                 token: ShutdownToken) -> None:
+    config = node.config
+    log.info("node starting role=%s id=%s rtmp=%s http=%s hls=%s record=%s idle_timeout=%s "
+             "loop=%s", node.role, node.identity["id"], config.rtmp_listen, config.http_listen,
+             config.hls, config.record, config.idle_timeout,
+             type(asyncio.get_running_loop()).__module__)
+    if node.registry is None:
+        await engine.serve_until_signal(handlers, token)
+        return
+    drain = _Drain(engine, token, node.admission, node.registry, config.drain_timeout)
+    try:
+        await engine.serve_until_signal(handlers, token, on_signal=drain.on_signal)
+    finally:
+        if drain.task is not None:
+            drain.task.cancel()
 
 
 def _warn_if_open(config: NodeConfig, auth: AuthProvider | None) -> None:
@@ -306,13 +341,19 @@ class _Held:
     """The node's streams as its registry sees them: load for heartbeats, last-frame times for
     stream records, and a lost key ends its publish."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, hls: HlsService | None) -> None:
         self.engine = engine
+        self.hls = hls
         self._tasks: set[asyncio.Task[bool]] = set()
 
     def load(self) -> NodeLoad:
+        """Viewers are people (HLS: the estimate from playlist polls), not the segmenters,
+        recorders and relays that also subscribe: the operator's deletion costs follow this."""
         streams = self.engine.streams()
-        return NodeLoad(streams=len(streams), viewers=sum(len(s.subscribers) for s in streams))
+        viewers = sum(1 for s in streams for sub in s.subscribers if sub.viewer)
+        if self.hls is not None:
+            viewers += sum(self.hls.viewers().values())
+        return NodeLoad(streams=len(streams), viewers=viewers)
 
     def last_frame(self, key: StreamKey) -> float | None:
         stream = self.engine.stream(key)

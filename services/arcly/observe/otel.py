@@ -45,6 +45,7 @@ from arcly.engine import (
 log = logging.getLogger("arcly.observe")
 
 _INTERNAL = {"hls": "hls", "record": "record", "relay": "relay"}
+VIEWER_PROTOCOLS = ("rtmp", "http-flv")  # always reported, zero included
 # Seconds: start-up is measured in milliseconds on a healthy node, seconds on a sick one.
 TTFF_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -66,8 +67,6 @@ class OtelObserver(NullObserver):
         meter = metrics.get_meter("arcly")
         self.publishers = meter.create_up_down_counter(
             "arcly.publishers", unit="{publisher}", description="live publish sessions")
-        self.viewers = meter.create_up_down_counter(
-            "arcly.viewers", unit="{viewer}", description="live viewers by protocol")
         self.reaped = meter.create_counter(
             "arcly.streams.reaped", unit="{stream}", description="idle streams reaped")
         self.first_frame = meter.create_histogram(
@@ -140,7 +139,6 @@ class OtelObserver(NullObserver):
     def on_play_start(self, key: StreamKey, protocol: str, peer: str) -> None:
         if protocol in _INTERNAL:
             return  # segmenters, recorders and relay subscriptions are not viewers
-        self.viewers.add(1, {"network.protocol.name": protocol})
         session = self._sessions.get(key)
         links = [Link(session.get_span_context())] if session is not None else []
         self._plays[(key, protocol, peer)] = self.tracer.start_span(
@@ -160,7 +158,6 @@ class OtelObserver(NullObserver):
     def on_play_end(self, key: StreamKey, protocol: str, peer: str, reason: str) -> None:
         if protocol in _INTERNAL:
             return
-        self.viewers.add(-1, {"network.protocol.name": protocol})
         self._dropped_seen.pop((key, protocol, peer), None)
         span = self._plays.pop((key, protocol, peer), None)
         if span is not None:
@@ -196,11 +193,18 @@ class StreamMetrics:
     GOP cache size per stream, and connections refused per limit (``refused``: the node's
     counts)."""
 
-    def __init__(self, engine: Engine,
-                 refused: Callable[[], Mapping[str, int]] | None = None) -> None:
+    def __init__(self, engine: Engine, *,
+                 refused: Callable[[], Mapping[str, int]] | None = None,
+                 hls_viewers: Callable[[], Mapping[StreamKey, int]] | None = None,
+                 hls_sent: Callable[[], int] | None = None) -> None:
         self.engine = engine
         self.refused = refused
+        self.hls_viewers = hls_viewers  # HLS has no sessions: an estimate from playlist polls
+        self.hls_sent = hls_sent
         meter = metrics.get_meter("arcly")
+        meter.create_observable_gauge(
+            "arcly.viewers", [self._viewers_by_protocol], unit="{viewer}",
+            description="live viewers by protocol (HLS: clients that polled a playlist lately)")
         meter.create_observable_counter("arcly.stream.received", [self._bytes_in], unit="By",
                                         description="bytes received per live stream")
         meter.create_observable_counter("arcly.stream.frames_in", [self._frames_in],
@@ -216,6 +220,11 @@ class StreamMetrics:
             "arcly.stream.viewers", [self._viewers], unit="{viewer}",
             description="viewers per live stream on this node (segmenters, recorders and "
                         "relays to edges are not viewers)")
+        if hls_sent is not None:
+            sent = hls_sent
+            meter.create_observable_counter(
+                "arcly.hls.sent", [lambda _: [Observation(sent())]], unit="By",
+                description="HLS playlist and segment bytes served by this node")
         if refused is not None:
             meter.create_observable_counter(
                 "arcly.limits.refused", [self._refused], unit="{refusal}",
@@ -240,9 +249,23 @@ class StreamMetrics:
     def _gop_bytes(self, _: CallbackOptions) -> Iterable[Observation]:
         return self._per_stream(lambda s: s.gop.bytes)
 
+    def _hls(self) -> Mapping[StreamKey, int]:
+        return self.hls_viewers() if self.hls_viewers is not None else {}
+
     def _viewers(self, _: CallbackOptions) -> Iterable[Observation]:
+        hls = self._hls()
         return self._per_stream(
-            lambda s: sum(1 for sub in s.subscribers if sub.protocol not in _INTERNAL))
+            lambda s: sum(1 for sub in s.subscribers if sub.viewer) + hls.get(s.key, 0))
+
+    def _viewers_by_protocol(self, _: CallbackOptions) -> Iterable[Observation]:
+        counts = dict.fromkeys(VIEWER_PROTOCOLS, 0)
+        for stream in self.engine.streams():
+            for sub in stream.subscribers:
+                if sub.viewer:
+                    counts[sub.protocol] = counts.get(sub.protocol, 0) + 1
+        if self.hls_viewers is not None:
+            counts["hls"] = sum(self._hls().values())
+        return [Observation(n, {"network.protocol.name": p}) for p, n in sorted(counts.items())]
 
     def _refused(self, _: CallbackOptions) -> Iterable[Observation]:
         assert self.refused is not None

@@ -16,8 +16,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
-from arcly.engine import ShutdownToken, Subscription
+from arcly.engine import ListenError, ShutdownToken, Subscription
 
 log = logging.getLogger("arcly.listener")
 
@@ -30,6 +31,7 @@ class Limits:
     max_connections_per_ip: int = 256
     max_publishers: int = 1_000
     max_viewers_per_stream: int = 10_000
+    listen_backlog: int = 0  # each listener's accept queue; 0: the system's (somaxconn)
 
 
 class Admission:
@@ -60,7 +62,8 @@ class Admission:
 
     def refusals(self) -> dict[str, int]:
         """Refusals so far for every limit, zero included (a metric with all its labels)."""
-        return {f.name: self.refused.get(f.name, 0) for f in dataclasses.fields(Limits)}
+        return {f.name: self.refused.get(f.name, 0) for f in dataclasses.fields(Limits)
+                if f.name.startswith("max_")}
 
     def open_connection(self, ip: str) -> bool:
         """Count a new connection from ``ip``; False (and counted) when over a limit."""
@@ -96,49 +99,85 @@ class Admission:
 ClientHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
+def system_backlog() -> int:
+    """The kernel's cap on a listen queue (``net.core.somaxconn``): the longest queue asking
+    for more than it gets. A queue of asyncio's default 100 drops SYNs under a reconnect storm
+    (an edge dies and its viewers come back at once), and each dropped SYN costs the client a
+    1 s retransmission."""
+    try:
+        return max(128, int(Path("/proc/sys/net/core/somaxconn").read_text()))
+    except (OSError, ValueError):
+        return 4096
+
+
 class Listener:
     """The accept side of one protocol server.
 
-    ``serve`` binds ``host:port`` (port 0 picks a free one), logs every bound address (the line
-    tests and operators read to find the port), admits each connection against the node's
+    ``bind`` takes ``host:port`` (port 0 picks a free one) with a listen queue of ``backlog``
+    (0: the system's maximum); the node binds every listener before it serves any, so a taken
+    port is one clear error at start-up. ``serve`` starts listening, logs every address (the
+    line tests and operators read to find the port), admits each connection against the node's
     ``Admission`` and runs ``handle`` for it. When ``shutdown`` fires it stops accepting, awaits
     ``goodbye`` (the protocol ends its sessions politely), gives connections ``grace`` seconds
     to finish, then aborts what is left."""
 
     def __init__(self, protocol: str, host: str, port: int, admission: Admission, *,
-                 read_limit: int, grace: float = 5.0) -> None:
+                 read_limit: int, grace: float = 5.0, backlog: int = 0) -> None:
         self.protocol = protocol
         self.host = host
         self.port = port
         self.admission = admission
         self.read_limit = read_limit
         self.grace = grace
+        self.backlog = backlog or system_backlog()
         self.addresses: list[tuple[str, int]] = []
         self.ready = asyncio.Event()
         self.stopping = False
+        self._server: asyncio.Server | None = None
+        self._handle: ClientHandler | None = None
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+
+    async def bind(self) -> None:
+        """Take the address (idempotent); raises ``ListenError``."""
+        if self._server is not None:
+            return
+        try:
+            self._server = await asyncio.start_server(
+                self._on_client, self.host, self.port, limit=self.read_limit,
+                backlog=self.backlog, start_serving=False)
+        except OSError as exc:
+            raise ListenError(self.protocol, self.host, self.port, exc) from None
+        self.addresses = [sock.getsockname()[:2] for sock in self._server.sockets]
+
+    async def _on_client(self, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter) -> None:
+        ip = peer_ip(writer)
+        if self._handle is None or not self.admission.open_connection(ip):
+            writer.transport.abort()
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections[task] = writer
+        try:
+            await self._handle(reader, writer)
+        finally:
+            self._connections.pop(task, None)
+            self.admission.close_connection(ip)
+
+    async def close(self) -> None:
+        """Give the address back without serving (start-up failed elsewhere)."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
 
     async def serve(self, handle: ClientHandler, shutdown: ShutdownToken, *,
                     goodbye: Callable[[], Awaitable[None]] | None = None) -> None:
-        admission = self.admission
-
-        async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            ip = peer_ip(writer)
-            if not admission.open_connection(ip):
-                writer.transport.abort()
-                return
-            task = asyncio.current_task()
-            assert task is not None
-            self._connections[task] = writer
-            try:
-                await handle(reader, writer)
-            finally:
-                self._connections.pop(task, None)
-                admission.close_connection(ip)
-
-        server = await asyncio.start_server(on_client, self.host, self.port,
-                                            limit=self.read_limit)
-        self.addresses = [sock.getsockname()[:2] for sock in server.sockets]
+        await self.bind()
+        server = self._server
+        assert server is not None
+        self._handle = handle
+        await server.start_serving()  # listen(): connections are taken from here on
         for bound_host, bound_port in self.addresses:
             log.info("listening protocol=%s address=%s:%d", self.protocol, bound_host,
                      bound_port)

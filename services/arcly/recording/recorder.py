@@ -286,7 +286,8 @@ class RecordingManager(NullObserver):
             log.error("recorder not running: not recording stream=%s", key)
             return
         try:
-            sub = await self.registry.subscribe(key, protocol="record", peer="recorder")
+            sub = await self.registry.subscribe(key, protocol="record", peer="recorder",
+                                              viewer=False)
         except StreamNotFound:
             return
         recorder = Recorder(self.storage, sub, self.settings)

@@ -385,3 +385,15 @@ async def test_short_publish_is_listed_whole_once_it_ends(gops: int, serve: Serv
     await engine.end_publish(KEY)
     ended = await playlist_with(service, gops, ended=True)
     assert [s.duration for s in ended.segments] == [2.0] * gops
+
+
+def test_hls_viewers_are_clients_that_polled_within_the_window() -> None:
+    service = new_service(HlsSettings(segment_seconds=2.0))  # window: 3 * 2 + 2 = 8 s
+    other = StreamKey("live", "other")
+    service.note_client(KEY, "10.0.0.1|hls.js", now=100.0)
+    service.note_client(KEY, "10.0.0.2|hls.js", now=101.0)
+    service.note_client(KEY, "10.0.0.1|hls.js", now=103.0)  # the same player polls again
+    service.note_client(other, "10.0.0.1|hls.js", now=104.0)
+    assert service.viewers(now=105.0) == {KEY: 2, other: 1}
+    assert service.viewers(now=109.5) == {KEY: 1, other: 1}, "10.0.0.2 stopped polling"
+    assert service.viewers(now=200.0) == {}

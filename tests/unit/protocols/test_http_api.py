@@ -113,8 +113,9 @@ async def test_stream_documents_show_codecs_viewers_and_subscribers(node: Start)
     summary = listed["streams"][0]
     assert summary["viewers"] == {"rtmp": 1, "flv": 2, "hls": 0, "relay": 0, "total": 3}
     assert summary["codecs"] == {"video": "h264", "audio": "aac", "sample_rate": 44100,
-                                 "channels": 2, "width": 640.0, "height": 360.0,
+                                 "channels": 2, "width": 640, "height": 360,
                                  "framerate": 30.0}
+    assert isinstance(summary["codecs"]["width"], int), "pixels are integers in the API"
     assert summary["publisher"] == {"protocol": "rtmp", "peer": "10.0.0.1:5000"}
     assert summary["frames_in"] == 4 and summary["frames_out"] == 12
     detail = (await running.request("GET", "/api/v1/streams/live/cam")).json()

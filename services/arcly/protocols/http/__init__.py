@@ -10,7 +10,7 @@
 """
 
 from .probes import LIVENESS_PATH, READINESS_PATH
-from .server import HttpServer
+from .server import HttpServer, MetricsServer
 from .settings import HttpSettings
 
-__all__ = ["LIVENESS_PATH", "READINESS_PATH", "HttpServer", "HttpSettings"]
+__all__ = ["LIVENESS_PATH", "READINESS_PATH", "HttpServer", "HttpSettings", "MetricsServer"]

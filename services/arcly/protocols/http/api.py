@@ -43,9 +43,12 @@ def stream_codecs(stream: Stream) -> dict[str, Any]:
         if gop.metadata is not None:
             values = amf0.decode(gop.metadata.payload)
             meta = values[1] if len(values) > 1 and isinstance(values[1], dict) else {}
-            for field in ("width", "height", "framerate"):
-                if isinstance(meta.get(field), float):
-                    found[field] = meta[field]
+            for field in ("width", "height"):  # AMF0 numbers are doubles; pixels are not
+                value = meta.get(field)
+                if isinstance(value, float) and value.is_integer() and value > 0:
+                    found[field] = int(value)
+            if isinstance(meta.get("framerate"), float):
+                found["framerate"] = meta["framerate"]
     except (ProtocolError, IndexError):
         pass
     return found

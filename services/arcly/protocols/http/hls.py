@@ -36,7 +36,9 @@ class HlsRoutes:
         key = await self._admit(exchange, params)
         if key is None:
             return
-        playlist = await self.hls.playlist(key, query=quote_query(exchange.request.query))
+        client = f"{exchange.ip}|{exchange.request.headers.get('user-agent', '')[:128]}"
+        playlist = await self.hls.playlist(key, query=quote_query(exchange.request.query),
+                                           client=client)
         if playlist is None:
             exchange.respond(404, f"{key} is not being published\n")
             return
@@ -44,6 +46,7 @@ class HlsRoutes:
         max_age = int(self.hls.settings.segment_seconds / 2)
         exchange.respond(200, playlist, "application/vnd.apple.mpegurl",
                          {"Cache-Control": f"max-age={max_age}"})
+        self._sent(exchange, len(playlist))
 
     async def segment(self, exchange: Exchange, params: dict[str, str]) -> None:
         key = await self._admit(exchange, params)
@@ -56,3 +59,8 @@ class HlsRoutes:
         # A segment URI names one immutable piece of media (publish session + sequence).
         exchange.respond(200, data, "video/mp2t",
                          {"Cache-Control": "public, max-age=86400, immutable"})
+        self._sent(exchange, len(data))
+
+    def _sent(self, exchange: Exchange, size: int) -> None:
+        if not exchange.head_only:
+            self.hls.bytes_sent += size

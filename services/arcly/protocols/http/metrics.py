@@ -20,7 +20,7 @@ class MetricsRoute:
 
     async def serve(self, exchange: Exchange, params: dict[str, str]) -> None:
         if self.render is None:
-            exchange.respond(404, "metrics are off on this node (--no-metrics or "
-                                  "OTEL_SDK_DISABLED=true)\n")
+            exchange.respond(404, "no metrics on this port (see --metrics-listen, --no-metrics, "
+                                  "OTEL_SDK_DISABLED)\n")
             return
         exchange.respond(200, self.render(), CONTENT_TYPE)

@@ -45,7 +45,8 @@ class HttpServer:
                  metrics: Callable[[], bytes] | None = None) -> None:
         self.settings = settings or HttpSettings()
         self.admission = admission or Admission()
-        self.listener = Listener("http", host, port, self.admission, read_limit=MAX_HEAD)
+        self.listener = Listener(self.name, host, port, self.admission, read_limit=MAX_HEAD,
+                                 backlog=self.admission.limits.listen_backlog)
         self.flv = FlvPlayback(self.settings, self.admission)
         self.hls = HlsRoutes(hls, self.admission) if hls is not None else None
         self.api = ManagementApi(engine, self.admission, node=node, token=api_token)
@@ -68,6 +69,12 @@ class HttpServer:
         router.add("GET", "/static/{name}", serve_static)
         router.add("GET", "/play/{app}/{stream}", serve_player)
         return router
+
+    async def bind(self) -> None:
+        await self.listener.bind()
+
+    async def close(self) -> None:
+        await self.listener.close()
 
     async def run(self, registry: PublishRegistry, shutdown: ShutdownToken) -> None:
         async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -128,3 +135,16 @@ class HttpServer:
         else:
             exchange.respond(405, "method not allowed\n", extra={"Allow": "GET, HEAD"})
 
+
+class MetricsServer(HttpServer):
+    """``GET /metrics`` (and the probes) on a port of its own (``--metrics-listen``), so a
+    public Service or Ingress in front of the HTTP port does not expose it."""
+
+    name = "metrics"
+
+    def _routes(self) -> Router:
+        router = Router()
+        router.add("GET", "/metrics", self.metrics.serve)
+        router.add("GET", LIVENESS_PATH, self.probes.liveness)
+        router.add("GET", READINESS_PATH, self.probes.readiness)
+        return router

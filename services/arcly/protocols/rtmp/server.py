@@ -80,8 +80,15 @@ class RtmpServer:
         self.observer = observer or NullObserver()
         self.publishers = 0
         self.listener = Listener("rtmp", host, port, self.admission,
-                                 read_limit=self.settings.read_size)
+                                 read_limit=self.settings.read_size,
+                                 backlog=self.admission.limits.listen_backlog)
         self._sessions: set[_Session] = set()
+
+    async def bind(self) -> None:
+        await self.listener.bind()
+
+    async def close(self) -> None:
+        await self.listener.close()
 
     async def run(self, registry: PublishRegistry, shutdown: ShutdownToken) -> None:
         async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -177,6 +184,9 @@ class _Session:
         self.playing: dict[int, tuple[Subscription, asyncio.Task[None]]] = {}
         self.closing: str | None = None
         self.started = 0.0
+        # The first-command deadline counts from here: the connection, or the moment it went
+        # back to the command state (a publish or play ended, the client may go on).
+        self.commands_since = 0.0
         self.watchers: set[asyncio.Task[None]] = set()
         transport = writer.transport
         transport.set_write_buffer_limits(high=self.settings.write_buffer_high)
@@ -189,7 +199,7 @@ class _Session:
     async def run(self) -> None:
         reason: str = CloseReason.CLIENT_CLOSED
         loop = asyncio.get_running_loop()
-        started = self.started = loop.time()
+        self.started = self.commands_since = loop.time()
         try:
             async with asyncio.timeout(self.settings.handshake_timeout):
                 while self.conn.state is not State.OPEN:
@@ -205,7 +215,8 @@ class _Session:
                 if self.playing:
                     deadline = None
                 else:
-                    deadline = max(0.0, started + self.settings.command_timeout - loop.time())
+                    deadline = max(0.0, self.commands_since + self.settings.command_timeout
+                                   - loop.time())
                 async with asyncio.timeout(deadline):
                     data = await self.reader.read(self.settings.read_size)
                 if not data:
@@ -263,7 +274,7 @@ class _Session:
             if fast.lost:
                 return
             due = (fast.last_data + idle if self.publishing
-                   else self.started + self.settings.command_timeout)
+                   else self.commands_since + self.settings.command_timeout)
             if loop.time() >= due:
                 raise TimeoutError
             fast.wake = loop.create_future()
@@ -422,6 +433,7 @@ class _Session:
             self.writer.transport.close()
 
     async def _close_stream(self, sid: int, command: str) -> None:
+        self.commands_since = asyncio.get_running_loop().time()
         entry = self.publishing.pop(sid, None)
         if entry is not None:
             self.server.publishers -= 1
