@@ -56,16 +56,19 @@ class Victim:
     reason: str  # for people: logs and the release event
 
 
-def streams_to_reap(owners: Mapping[StreamKey, str], records: Mapping[StreamKey, Mapping[str, str]],
-                    alive: set[str], *, now: float, idle_timeout: float) -> list[Victim]:
-    """Keys whose owner is gone (orphaned) or whose last frame is older than ``idle_timeout``."""
+def streams_to_reap(owners: Mapping[StreamKey, str],
+                    records: Mapping[StreamKey, Mapping[str, str]],
+                    alive: Mapping[StreamKey, bool], *, now: float,
+                    idle_timeout: float) -> list[Victim]:
+    """Keys whose owner is gone (its session lapsed: orphaned) or that their owner marked idle
+    (``idle_since``) longer than ``idle_timeout`` ago."""
     victims = []
     for key, owner in sorted(owners.items(), key=lambda item: str(item[0])):
-        if owner not in alive:
+        if not alive.get(key, False):
             victims.append(Victim(key, ReapKind.ORPHANED, f"orphaned: owner {owner} is gone"))
             continue
-        last = records.get(key, {}).get("last_frame_at")
-        if last is not None and now - float(last) > idle_timeout:
+        since = records.get(key, {}).get("idle_since")
+        if since is not None and now - float(since) > idle_timeout:
             victims.append(Victim(key, ReapKind.IDLE,
                                   f"idle for more than {idle_timeout:g} s"))
     return victims

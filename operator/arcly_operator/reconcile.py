@@ -81,9 +81,10 @@ class Reconciler:
     async def reap(self, nodes: Mapping[str, Mapping[str, str]], idle_timeout: float) -> int:
         owners = await self.cluster.owners()
         records = await self.cluster.stream_records(list(owners))
+        alive = await self.cluster.alive(owners, nodes)
         now = datetime.datetime.now(datetime.UTC)
         victims = decisions.streams_to_reap(
-            {k: o.node_id for k, o in owners.items()}, records, set(nodes),
+            {k: o.node_id for k, o in owners.items()}, records, alive,
             now=now.timestamp(), idle_timeout=idle_timeout)
         for victim in victims:
             if await self.cluster.force_release(victim.key, victim.reason):

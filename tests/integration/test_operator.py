@@ -168,15 +168,18 @@ async def test_operator_manages_node_lifecycle_releases_reaps_and_reports(
     edge = NodeRegistry(RegistrySettings(url=redis_server.url), node_id="demo-edge-abc",
                         role=NodeRole.EDGE)
     raw = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    lost = _Lost()
+    stop = asyncio.Event()
+    running = asyncio.create_task(node.run(stop, lost))  # its session, heartbeats, events
     try:
         # The nodes run: heartbeats, and the origin owns two keys (one goes idle).
-        await node.heartbeat()
         await edge.heartbeat(NodeLoad(streams=1, viewers=42))
+        await eventually(lambda: node.session)
         kept = StreamKey("live", "cam")
         idle = StreamKey("live", "quiet")
         await node.claim(kept)
         await node.claim(idle)
-        await raw.hset(node.keys.stream(idle), "last_frame_at", time.time() - 3600)
+        await raw.hset(node.keys.stream(idle), "idle_since", time.time() - 3600)
 
         # Pods appear; turning Ready registers them as ready nodes.
         for name, role in (("demo-origin-0", "origin"), ("demo-edge-abc", "edge")):
@@ -211,7 +214,7 @@ async def test_operator_manages_node_lifecycle_releases_reaps_and_reports(
         assert not kmock.objects["arcly.io/v1alpha1/arclyclusters", NS, "demo"].get(
             "metadata", {}).get("finalizers"), "nothing can hold up an uninstall"
 
-        # Deleting the origin Pod releases its keys at once (no wait for the lease).
+        # Deleting the origin Pod releases its keys at once (no wait for its session).
         await api.delete(f"/api/v1/namespaces/{NS}/pods/demo-origin-0")
 
         async def released() -> bool:
@@ -226,13 +229,13 @@ async def test_operator_manages_node_lifecycle_releases_reaps_and_reports(
             return any(obj.get("reason") == "StreamKeysReleased" and "live/cam" in obj.get(
                 "message", "") for obj in kmock.objects.values())
         await eventually(released_event)
-        # The old owner cannot quietly retake a released key: its next renewal says so.
-        lost = _Lost()
-        await node.renew_all(lost)
-        assert set(lost.keys) == {kept, idle}
+        # The owner hears of each release (the events channel) and ends those publishes.
+        await eventually(lambda: set(lost.keys) == {kept, idle})
         assert await raw.get(node.keys.owner(kept)) is None
         assert operator.proc.poll() is None, "\n".join(operator.lines)
     finally:
+        stop.set()
+        await asyncio.wait_for(running, 10)
         await raw.aclose()
         await node.close()
         await edge.close()

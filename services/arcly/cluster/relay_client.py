@@ -1,10 +1,14 @@
 """The relay client on edges: an ``Upstream`` that finds a key's owner in the registry and a
 ``MediaSource`` that streams its frames over ``Relay.Subscribe``.
 
-If the origin is lost mid-stream (it died, or the key was republished elsewhere) the source
-re-resolves the owner and resubscribes, for up to ``reconnect_window`` seconds, without ending
-the local stream: viewers stay connected and continue from the new session's sequence headers.
-A normal end of stream (the publisher left) ends the local stream at once.
+If the origin is lost mid-stream (it died, stopped, or the key was claimed elsewhere) the
+source re-resolves the owner and resubscribes, for up to ``reconnect_window`` seconds, without
+ending the local stream: viewers stay connected and continue from the new session's sequence
+headers. It looks the moment the relay breaks, and again whenever the events channel says the
+key was claimed (a broadcaster that moved to another origin), else with backoff. A claim with a
+newer fencing token also moves a source whose relay call still looks alive (an origin that is
+stopped or partitioned does not close its connections). A normal end of stream (the publisher
+left) ends the local stream at once.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from arcly.engine import Frame, FrameKind, SegmentMark, StreamKey
 from arcly.relay.v1 import relay_pb2 as pb
 
 from .model import Owner
-from .registry import RegistryClient, RegistryUnavailable
+from .registry import RegistryClient, RegistryEvent, RegistryUnavailable
 from .relay_server import SERVICE, RelaySettings, grpc_options
 
 log = logging.getLogger("arcly.relay")
@@ -30,7 +34,7 @@ log = logging.getLogger("arcly.relay")
 class EdgeSettings:
     relay: RelaySettings = field(default_factory=RelaySettings)
     reconnect_window: float = 20.0
-    poll_interval: float = 0.25
+    poll_interval: float = 0.25  # the first re-resolution delay; doubles up to 2 s
 
 
 class RelayUpstream:
@@ -74,6 +78,13 @@ class RelayUpstream:
         self.sources[key] = source
         return source
 
+    def on_event(self, event: RegistryEvent) -> None:
+        """A key was claimed: its source moves to the new owner at once."""
+        if event.kind == "published" and event.key is not None:
+            source = self.sources.get(event.key)
+            if source is not None:
+                source.claimed(event.token or 0)
+
     def describe(self, key: StreamKey) -> dict[str, object] | None:
         """Where ``key`` comes from (for the API): origin node, relay address, lag."""
         source = self.sources.get(key)
@@ -100,6 +111,8 @@ class RelaySource:
         self._call: grpc.aio.UnaryStreamCall | None = None
         self.resubscriptions = 0
         self.lag_ms = 0.0
+        self._claimed = asyncio.Event()  # a newer claim was announced
+        self._moving = False  # we cancelled our own call to move to a newer owner
 
     async def connect(self) -> None:
         """Subscribe and read the call's initial metadata (the session's trace context), so
@@ -129,6 +142,16 @@ class RelaySource:
         log.info("relay subscribed stream=%s origin=%s relay=%s token=%d", self.key,
                  self.owner.node_id, self.owner.relay, self.owner.token)
 
+    def claimed(self, token: int) -> None:
+        """Someone claimed our key with ``token``: if it is newer than what we relay, leave the
+        current call (even one that still looks alive) and re-resolve."""
+        if token <= self.highest_token:
+            return
+        self._claimed.set()
+        if self._call is not None and not self._moving:
+            self._moving = True
+            self._call.cancel()  # wakes a pending read()
+
     async def next_frame(self) -> Frame | None:
         while True:
             if self._call is None:
@@ -136,6 +159,15 @@ class RelaySource:
             assert self._call is not None
             try:
                 message = await self._call.read()
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not self._moving or (task is not None and task.cancelling()):
+                    raise  # our own task is being cancelled
+                self._moving = False
+                log.info("relay moving stream=%s: a newer owner claimed it", self.key)
+                if not await self._reresolve():
+                    return None
+                continue
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
                 if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT):
@@ -170,12 +202,17 @@ class RelaySource:
                          keyframe=frame.keyframe, config=frame.config, mark=mark)
 
     async def _reresolve(self) -> bool:
-        """Wait for the key's next owner (a republish, here or on another origin)."""
+        """Wait for the key's next owner (a republish, here or on another origin): look now,
+        then whenever a claim is announced, else with backoff."""
         if self._call is not None:
+            self._moving = True  # a late claimed() must not cancel anything
             self._call.cancel()
             self._call = None
+        self._moving = False
         deadline = time.monotonic() + self.upstream.settings.reconnect_window
+        delay = self.upstream.settings.poll_interval
         while time.monotonic() < deadline:
+            self._claimed.clear()
             try:
                 owner = await self.upstream.registry.owner(self.key)
             except RegistryUnavailable:
@@ -183,9 +220,13 @@ class RelaySource:
             if owner is not None and owner.relay and (
                     owner.token != self.owner.token or owner.node_id != self.owner.node_id):
                 self.owner = owner
+                self.highest_token = max(self.highest_token, owner.token)
                 self.resubscriptions += 1
                 return True
-            await asyncio.sleep(self.upstream.settings.poll_interval)
+            try:
+                await asyncio.wait_for(self._claimed.wait(), delay)
+            except TimeoutError:
+                delay = min(delay * 2, 2.0)
         log.info("relay gave up stream=%s after %.0f s without a new owner", self.key,
                  self.upstream.settings.reconnect_window)
         return False

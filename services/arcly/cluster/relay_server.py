@@ -33,6 +33,7 @@ from arcly.engine import (
     StreamKey,
     StreamNotFound,
 )
+from arcly.engine.reasons import moves_stream
 from arcly.relay.v1 import relay_pb2 as pb
 
 log = logging.getLogger("arcly.relay")
@@ -213,6 +214,11 @@ class RelayServer:
             if reason == CloseReason.SLOW_VIEWER:
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                     "edge fell too far behind")
+            ended = sub.stream.end_reason
+            if moves_stream(ended):
+                # Not the end: the broadcaster comes back here or elsewhere. Edges keep their
+                # viewers and wait for the next owner.
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"stream moved: {ended}")
             yield pb.RelayMessage(ended=pb.StreamEnded(reason=reason)).SerializeToString()
         finally:
             watcher.cancel()

@@ -19,6 +19,9 @@ class EngineConfig:
     ``segment_target``: seconds; the stream's segment timeline (HLS) groups GOPs to about this.
     ``upstream_linger``: seconds a stream pulled from an ``Upstream`` stays open after its last
     subscriber left (a viewer hopping back does not pay for a new upstream).
+    ``stale_publisher``: a new publish of a key whose publisher has sent nothing for this many
+    seconds replaces it (a broadcaster reconnecting after a network blip, before the old
+    connection noticed it was dead); a live publisher is never replaced. None: never.
     """
 
     idle_timeout: float | None = 30.0
@@ -31,6 +34,7 @@ class EngineConfig:
     shutdown_grace: float = 25.0
     segment_target: float = 2.0
     upstream_linger: float = 5.0
+    stale_publisher: float | None = 2.0
 
     def __post_init__(self) -> None:
         if self.idle_timeout is not None and self.idle_timeout <= 0:

@@ -76,14 +76,28 @@ class Engine:
 
     async def start_publish(self, key: StreamKey, *, protocol: str = "",
                             peer: str = "") -> PublishHandle:
-        """Claim ``key`` and open its stream. Raises ``StreamBusy`` if it is taken."""
-        if key in self._streams or key in self._claiming:
-            raise StreamBusy(f"{key} is already being published")
-        self._claiming.add(key)
+        """Claim ``key`` and open its stream. Raises ``StreamBusy`` if it is taken (a publisher
+        silent for ``config.stale_publisher`` seconds is replaced instead)."""
+        current = self._streams.get(key)
+        stale = self.config.stale_publisher
+        if current is not None and not current.relayed and stale is not None and \
+                self.clock() - current.last_frame_at >= stale:
+            log.info("replacing a silent publisher stream=%s silent_s=%.1f peer=%s", key,
+                     self.clock() - current.last_frame_at, current.peer)
+            await self.end_publish(key, "replaced: the publisher reconnected")
         try:
-            token = await self.ownership.claim(key)
-        finally:
-            self._claiming.discard(key)
+            if key in self._streams or key in self._claiming:
+                raise StreamBusy(f"{key} is already being published")
+            self._claiming.add(key)
+            try:
+                token = await self.ownership.claim(key)
+            finally:
+                self._claiming.discard(key)
+        except ArclyError as exc:
+            refused = getattr(self.observer, "on_publish_refused", None)  # a newer hook
+            if refused is not None:
+                refused(key, protocol, peer, str(exc))
+            raise
         stream = Stream(key, protocol=protocol, peer=peer, token=token, config=self.config,
                         observer=self.observer, clock=self.clock,
                         timeline=Timeline(self._timeline_state(key), session=token,

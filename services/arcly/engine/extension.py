@@ -104,6 +104,12 @@ class Observer(Protocol):
 
     def on_publish_end(self, key: StreamKey, protocol: str, peer: str, reason: str) -> None: ...
 
+    def on_publish_refused(self, key: StreamKey, protocol: str, peer: str,
+                           reason: str) -> None:
+        """A publish could not start: the key is taken, or its ownership cannot be decided
+        (auth refusals are the ``AuthProvider``'s to report)."""
+        ...
+
     def on_play_start(self, key: StreamKey, protocol: str, peer: str) -> None: ...
 
     def on_play_first_frame(self, key: StreamKey, protocol: str, peer: str,
@@ -160,6 +166,10 @@ class NullObserver:
         pass
 
     def on_publish_end(self, key: StreamKey, protocol: str, peer: str, reason: str) -> None:
+        pass
+
+    def on_publish_refused(self, key: StreamKey, protocol: str, peer: str,
+                           reason: str) -> None:
         pass
 
     def on_play_start(self, key: StreamKey, protocol: str, peer: str) -> None:

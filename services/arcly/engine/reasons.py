@@ -22,3 +22,15 @@ class CloseReason(enum.StrEnum):
     """The client went away or stopped on its own."""
     SHUTDOWN = "shutdown"
     """The node is stopping."""
+    OWNERSHIP_LOST = "ownership lost"
+    """Another node owns the key now (the operator released it, or it was claimed after this
+    node's registry session lapsed)."""
+    SESSION_LOST = "session lost"
+    """This node could not renew its registry session in time: it may not own anything."""
+
+
+
+def moves_stream(reason: str) -> bool:
+    """A publish that ended for ``reason`` goes on elsewhere (or will): edges wait for its next
+    owner rather than end the stream for their viewers."""
+    return reason in (CloseReason.SHUTDOWN, CloseReason.OWNERSHIP_LOST, CloseReason.SESSION_LOST)

@@ -83,7 +83,7 @@ class NodeConfig:
     redis_prefix: str = _REGISTRY.prefix
     node_id: str | None = None
     relay_token: str = _RELAY.token
-    ownership_lease: float = _REGISTRY.lease
+    session_ttl: float = _REGISTRY.session_ttl
     drain_timeout: float = 30.0
     edge_linger: float = _ENGINE.upstream_linger
     reconnect_window: float = _EDGE.reconnect_window
@@ -178,7 +178,9 @@ _OPTIONS: list[tuple[str, object, str]] = [
     ("--redis-prefix", str, "origin/edge: prefix of every registry key"),
     ("--node-id", str, "origin/edge: this node's id (default: $POD_NAME, else host-pid)"),
     ("--relay-token", str, "origin/edge: shared secret of the relay (use the env var)"),
-    ("--ownership-lease", _positive_float, "origin: seconds a key's ownership lease lasts"),
+    ("--session-ttl", _positive_float,
+     "origin/edge: seconds after its last renewal a node's registry session (and what it "
+     "owns) lapses: the failover time after an origin dies"),
     ("--drain-timeout", _positive_float,
      "origin/edge: seconds existing sessions may continue after SIGTERM"),
     ("--edge-linger", _positive_float,

@@ -28,6 +28,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from arcly.auth import PerApp, Webhooks, load_auth
 from arcly.cluster.model import NodeLoad, NodeRole, NodeState
 from arcly.cluster.node_registry import NodeRegistry
@@ -48,7 +50,7 @@ from arcly.engine import (
     Upstream,
 )
 from arcly.hls.service import HlsService, HlsSettings
-from arcly.observe import CompositeObserver, LoggingObserver, otel, sdk
+from arcly.observe import CompositeObserver, LoggingObserver, otel, sdk, tracing
 from arcly.protocols.http import HttpServer, HttpSettings, MetricsServer
 from arcly.protocols.listener import Admission, Limits, is_loopback
 from arcly.protocols.rtmp import RtmpServer, RtmpSettings
@@ -132,12 +134,13 @@ def _cluster(node: _Node) -> None:
         log.warning("RELAY AUTH IS OFF: set ARCLY_RELAY_TOKEN on every origin and edge")
     node.registry = NodeRegistry(
         RegistrySettings(url=config.redis_url, password=config.redis_password,
-                         prefix=config.redis_prefix, lease=config.ownership_lease),
+                         prefix=config.redis_prefix, session_ttl=config.session_ttl),
         node_id=node.identity["id"], role=node.role)
     node.relay = _relay_settings(config)
     if node.role is NodeRole.EDGE:
         node.upstream = RelayUpstream(node.registry, node.identity["id"], EdgeSettings(
             relay=node.relay, reconnect_window=config.reconnect_window))
+        node.registry.events.listen(node.upstream.on_event)
 
 
 def _observers(node: _Node, extra: Sequence[Observer], telemetry: bool) -> list[Observer]:
@@ -246,11 +249,16 @@ async def run_node(role: str | NodeRole, config: NodeConfig,
         prometheus=config.metrics) if telemetry is None else None
     traced = bool(telemetry or installed is not None)
     engine_observers = _observers(node, observers, traced)
-    if traced:
-        auth = otel.TracedAuth(auth or AllowAll(), node_id=node.identity["id"])
+    ownership: KeyOwnership | None = node.registry if node.role is NodeRole.ORIGIN else None
+    if node.telemetry is not None:  # auth decisions and claims become parts of sessions
+        parts = node.telemetry.parts
+        auth = tracing.TracedAuth(auth or AllowAll(), node_id=node.identity["id"], parts=parts,
+                                  session_attributes=node.telemetry.session_attributes)
+        if ownership is not None:
+            ownership = tracing.TracedOwnership(ownership, node_id=node.identity["id"],
+                                                parts=parts)
     engine = build_engine(config, CompositeObserver(engine_observers), auth,
-                          ownership=node.registry if node.role is NodeRole.ORIGIN else None,
-                          upstream=node.upstream)
+                          ownership=ownership, upstream=node.upstream)
     if traced:
         hls = node.hls
         otel.StreamMetrics(engine, refused=node.admission.refusals,
@@ -264,6 +272,8 @@ async def run_node(role: str | NodeRole, config: NodeConfig,
     stop_registry = asyncio.Event()
     try:
         await _bind(handlers)
+        if node.registry is not None:
+            await _start_session(node.registry)
         reaper = engine.spawn_idle_reaper(min(5.0, (config.idle_timeout or 5.0) / 2), token)
         if node.registry is not None:
             registry_task = asyncio.create_task(
@@ -300,6 +310,15 @@ async def _bind(handlers: Sequence[ProtocolHandler]) -> None:
         for handler in bound:
             await handler.close()
         raise
+
+
+async def _start_session(registry: NodeRegistry) -> None:
+    """Have a registry session before taking publishers (a claim needs one); if Redis is not
+    there yet, the registry loop keeps trying and publishes are refused meanwhile."""
+    try:
+        await registry.start_session()
+    except (RedisError, OSError) as exc:
+        log.warning("registry unreachable at start; publishes wait for it error=%s", exc)
 
 
 async def _serve(node: _Node, engine: Engine, handlers: Sequence[ProtocolHandler],

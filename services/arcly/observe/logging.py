@@ -20,6 +20,11 @@ class LoggingObserver:
         log.info("publish end stream=%s protocol=%s peer=%s reason=%r", key, protocol, peer,
                  reason)
 
+    def on_publish_refused(self, key: StreamKey, protocol: str, peer: str,
+                           reason: str) -> None:
+        log.debug("publish not started stream=%s protocol=%s peer=%s reason=%r", key, protocol,
+                  peer, reason)  # the protocol adapter logs the refusal its client sees
+
     def on_play_start(self, key: StreamKey, protocol: str, peer: str) -> None:
         log.info("play start stream=%s protocol=%s peer=%s", key, protocol, peer)
 
@@ -51,8 +56,11 @@ class CompositeObserver:
 
     def _each(self, method: str, *args: object) -> None:
         for observer in self.observers:
+            hook = getattr(observer, method, None)
+            if hook is None:  # an observer written before this hook existed
+                continue
             try:
-                getattr(observer, method)(*args)
+                hook(*args)
             except Exception:
                 logging.getLogger("arcly.observe").exception(
                     "observer failed observer=%s method=%s", type(observer).__name__, method)
@@ -62,6 +70,10 @@ class CompositeObserver:
 
     def on_publish_end(self, key: StreamKey, protocol: str, peer: str, reason: str) -> None:
         self._each("on_publish_end", key, protocol, peer, reason)
+
+    def on_publish_refused(self, key: StreamKey, protocol: str, peer: str,
+                           reason: str) -> None:
+        self._each("on_publish_refused", key, protocol, peer, reason)
 
     def on_play_start(self, key: StreamKey, protocol: str, peer: str) -> None:
         self._each("on_play_start", key, protocol, peer)

@@ -31,16 +31,14 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from arcly.engine import (
     RELAYED,
-    AuthError,
-    AuthGrant,
-    AuthProvider,
-    AuthRequest,
     CloseReason,
     Engine,
     NullObserver,
     Stream,
     StreamKey,
 )
+
+from .tracing import Part, SessionParts
 
 log = logging.getLogger("arcly.observe")
 
@@ -62,6 +60,7 @@ class OtelObserver(NullObserver):
         self.remote_parent = remote_parent
         self.on_session = on_session
         self.tracer = trace.get_tracer("arcly")
+        self.parts = SessionParts(self.tracer)  # what happened before each session started
         self._sessions: dict[StreamKey, trace.Span] = {}
         self._plays: dict[tuple[StreamKey, str, str], trace.Span] = {}
         meter = metrics.get_meter("arcly")
@@ -88,7 +87,7 @@ class OtelObserver(NullObserver):
 
     # -- spans --------------------------------------------------------------------------------
 
-    def _attributes(self, key: StreamKey, protocol: str, peer: str) -> dict[str, str]:
+    def session_attributes(self, key: StreamKey, protocol: str, peer: str) -> dict[str, str]:
         attributes = {"arcly.stream.key": str(key), "arcly.stream.app": key.app,
                       "arcly.node.id": self.node_id, "arcly.node.role": self.role,
                       "network.protocol.name": protocol}
@@ -106,17 +105,17 @@ class OtelObserver(NullObserver):
         return carrier.get("traceparent")
 
     def on_publish_start(self, key: StreamKey, protocol: str, peer: str) -> None:
-        attributes = self._attributes(key, protocol, peer)
+        attributes = self.session_attributes(key, protocol, peer)
         if protocol == RELAYED:  # an edge relaying from the stream's origin
             remote = self.remote_parent(key) if self.remote_parent else None
             parent = extract({"traceparent": remote}) if remote else context.Context()
             name = f"relay {key}"
-            span = self.tracer.start_span(name, context=parent, kind=SpanKind.CONSUMER,
-                                          attributes=attributes)
-        else:
+            span = self.parts.start_session(name, parts=(), kind=SpanKind.CONSUMER,
+                                            attributes=attributes, parent=parent)
+        else:  # its handshake, auth decision and ownership claim become its first children
             name = f"publish {key}"
-            span = self.tracer.start_span(name, context=context.Context(),
-                                          kind=SpanKind.SERVER, attributes=attributes)
+            span = self.parts.start_session(name, parts=self.parts.take(peer, key),
+                                            kind=SpanKind.SERVER, attributes=attributes)
             self.publishers.add(1, {"network.protocol.name": protocol})
         self._sessions[key] = span
         started = self.tracer.start_span(f"{name} started",
@@ -127,6 +126,12 @@ class OtelObserver(NullObserver):
             traceparent = self.traceparent(key)
             if traceparent:
                 self.on_session(key, traceparent)
+
+    def on_publish_refused(self, key: StreamKey, protocol: str, peer: str,
+                           reason: str) -> None:
+        self.parts.refused(f"publish {key}", parts=self.parts.take(peer, key),
+                           attributes=self.session_attributes(key, protocol, peer),
+                           reason=reason)
 
     def on_publish_end(self, key: StreamKey, protocol: str, peer: str, reason: str) -> None:
         span = self._sessions.pop(key, None)
@@ -141,9 +146,11 @@ class OtelObserver(NullObserver):
             return  # segmenters, recorders and relay subscriptions are not viewers
         session = self._sessions.get(key)
         links = [Link(session.get_span_context())] if session is not None else []
-        self._plays[(key, protocol, peer)] = self.tracer.start_span(
-            f"play {key}", context=context.Context(), kind=SpanKind.SERVER, links=links,
-            attributes=self._attributes(key, protocol, peer))
+        # Each viewer is a trace of its own (a stream with 100k viewers is not one trace),
+        # linked to the stream's publish (origin) or relay (edge) span.
+        self._plays[(key, protocol, peer)] = self.parts.start_session(
+            f"play {key}", parts=self.parts.take(peer), kind=SpanKind.SERVER, links=links,
+            attributes=self.session_attributes(key, protocol, peer))
 
     def on_play_first_frame(self, key: StreamKey, protocol: str, peer: str,
                             seconds: float) -> None:
@@ -168,13 +175,10 @@ class OtelObserver(NullObserver):
 
     def on_handshake(self, protocol: str, peer: str, style: str, seconds: float) -> None:
         end = time.time_ns()
-        span = self.tracer.start_span(f"{protocol} handshake", context=context.Context(),
-                                      start_time=end - int(seconds * 1e9), attributes={
-                                          "arcly.node.id": self.node_id,
-                                          "network.protocol.name": protocol,
-                                          "arcly.handshake.style": style,
-                                          "client.address": peer.rpartition(":")[0] or peer})
-        span.end(end_time=end)
+        self.parts.add(peer, Part(f"{protocol} handshake", end - int(seconds * 1e9), end, {
+            "arcly.node.id": self.node_id, "network.protocol.name": protocol,
+            "arcly.handshake.style": style,
+            "client.address": peer.rpartition(":")[0] or peer}))
 
     def on_stream_reaped(self, key: StreamKey) -> None:
         self.reaped.add(1)
@@ -271,33 +275,3 @@ class StreamMetrics:
         assert self.refused is not None
         return [Observation(count, {"arcly.limit": limit})
                 for limit, count in sorted(self.refused().items())]
-
-
-class TracedAuth:
-    """Wraps an ``AuthProvider``: a short span per decision (allowed, refused, takeover)."""
-
-    def __init__(self, inner: AuthProvider, *, node_id: str) -> None:
-        self.inner = inner
-        self.node_id = node_id
-        self.tracer = trace.get_tracer("arcly.auth")
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.inner, name)  # e.g. PerApp.webhooks, PerApp.open
-
-    async def authorize(self, request: AuthRequest) -> AuthGrant | None:
-        attributes = {"arcly.stream.key": str(request.key), "arcly.node.id": self.node_id,
-                      "arcly.auth.action": request.action.value,
-                      "network.protocol.name": request.protocol,
-                      "arcly.auth.provider": type(self.inner).__name__}
-        with self.tracer.start_as_current_span(f"auth {request.action.value}",
-                                               context=context.Context(),
-                                               attributes=attributes) as span:
-            try:
-                grant = await self.inner.authorize(request)
-            except AuthError as exc:
-                span.set_attribute("arcly.auth.allowed", False)
-                span.set_status(Status(StatusCode.ERROR, str(exc)))
-                raise
-            span.set_attribute("arcly.auth.allowed", True)
-            span.set_attribute("arcly.auth.takeover", bool(grant and grant.takeover))
-            return grant

@@ -23,6 +23,8 @@ from typing import Any
 
 from opentelemetry import metrics, trace
 
+from .tracing import ChildSpansOnly
+
 log = logging.getLogger("arcly.observe")
 
 PROTOCOLS = ("grpc", "http/protobuf")
@@ -115,13 +117,14 @@ def configure(service_name: str, attributes: dict[str, str], *, prometheus: bool
 
 
 def _instrument_redis() -> None:
-    """Registry commands (claims, renewals, heartbeats: seconds apart, never per frame) get the
-    official Redis instrumentation. The relay is deliberately not wrapped by the gRPC
-    interceptors: it is one long stream per key whose context flows origin → edge (the relay
-    span), and its messages must stay free of per-frame telemetry work."""
+    """Registry commands inside a traced operation get the official Redis instrumentation. The
+    relay is deliberately not wrapped by the gRPC interceptors: it is one long stream per key
+    whose context flows origin → edge (the relay span), and its messages must stay free of
+    per-frame telemetry work."""
     try:
         from opentelemetry.instrumentation.redis import RedisInstrumentor
     except ImportError:
         log.info("opentelemetry-instrumentation-redis not installed; registry calls untraced")
-    else:
-        RedisInstrumentor().instrument()
+    else:  # only inside a parent span: heartbeats and renewals are nobody's story
+        RedisInstrumentor().instrument(
+            tracer_provider=ChildSpansOnly(trace.get_tracer_provider()))

@@ -4,6 +4,7 @@ fencing, heartbeat and state; the operator's cluster view and force-release."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -25,7 +26,7 @@ KEY = StreamKey("live", "cam")
 
 
 class Held:
-    """A node's streams as ``renew_all`` asks about them."""
+    """A node's streams as its registry asks about them."""
 
     def __init__(self) -> None:
         self.lost: list[tuple[StreamKey, str]] = []
@@ -52,6 +53,23 @@ async def received(pubsub: PubSub, count: int, timeout: float = 5.0) -> list[dic
     return events
 
 
+@contextlib.asynccontextmanager
+async def renewing(*registries: NodeRegistry) -> AsyncIterator[None]:
+    """Renew sessions as a node's run loop does, for steps that outlast one session TTL."""
+    async def renew() -> None:
+        while True:
+            for registry in registries:
+                await registry.renew_session()
+            await asyncio.sleep(registries[0].settings.session_renew)
+
+    task = asyncio.create_task(renew())
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 @pytest.fixture(scope="module")
 def server() -> AsyncIterator[RedisServer]:
     started = RedisServer()
@@ -74,10 +92,12 @@ async def raw(server: RedisServer) -> AsyncIterator[aioredis.Redis]:
 @pytest.fixture
 async def nodes(server: RedisServer, raw: aioredis.Redis
                 ) -> AsyncIterator[tuple[NodeRegistry, NodeRegistry, ClusterView]]:
-    settings = RegistrySettings(url=server.url, lease=5.0)
+    settings = RegistrySettings(url=server.url, session_ttl=2.0)
     first = NodeRegistry(settings, node_id="o1", role=NodeRole.ORIGIN, relay_address="h1:7000")
     second = NodeRegistry(settings, node_id="o2", role=NodeRole.ORIGIN, relay_address="h2:7000")
     view = ClusterView(settings)
+    await first.start_session()
+    await second.start_session()
     try:
         yield first, second, view
     finally:
@@ -86,12 +106,15 @@ async def nodes(server: RedisServer, raw: aioredis.Redis
 
 
 async def test_one_owner_per_key_with_growing_fencing_tokens(
-        nodes: tuple[NodeRegistry, NodeRegistry, ClusterView]) -> None:
+        nodes: tuple[NodeRegistry, NodeRegistry, ClusterView], raw: aioredis.Redis) -> None:
     first, second, _ = nodes
     token = await first.claim(KEY)
     assert token >= time.time_ns() // 1_000_000 - 60_000, "tokens start at the wall clock"
-    with pytest.raises(StreamBusy, match="already being published on node o1"):
-        await second.claim(KEY)
+    assert await raw.get(first.keys.owner(KEY)) == f"o1|{token}|{first.session}"
+    assert await raw.pttl(first.keys.owner(KEY)) == -1, "no per-key TTL: sessions expire"
+    async with renewing(first, second):  # the busy claim waits one TTL for o1 to lapse
+        with pytest.raises(StreamBusy, match="already being published on node o1"):
+            await second.claim(KEY)
     owner = await second.owner(KEY)
     assert owner is not None and (owner.node_id, owner.token, owner.relay) == (
         "o1", token, "h1:7000")
@@ -103,34 +126,96 @@ async def test_one_owner_per_key_with_growing_fencing_tokens(
     assert again > token, "the fence only grows"
 
 
-async def test_a_force_released_key_is_lost_at_the_owners_next_renewal(
+async def test_a_dead_owners_keys_are_free_at_once(
         nodes: tuple[NodeRegistry, NodeRegistry, ClusterView], raw: aioredis.Redis) -> None:
     first, second, view = nodes
-    await first.claim(KEY)
-    held = Held()
-    await first.renew_all(held)
-    assert held.lost == []
-    assert await view.force_release(KEY, "idle")
-    await first.renew_all(held)
-    assert held.lost == [(KEY, "ownership lost")]
-    assert await raw.get(first.keys.owner(KEY)) is None, "the old owner did not retake it"
-    await second.claim(KEY)  # free for anyone else
-    assert not await view.force_release(StreamKey("live", "nobody"), "idle")
+    token = await first.claim(KEY)
+    await raw.delete(first.keys.session("o1"))  # o1 died: its session lapsed
+    assert await second.owner(KEY) is None, "a dead session owns nothing"
+    owners = await view.owners()
+    assert (await view.alive(owners, {}))[KEY] is False
+    started = time.monotonic()
+    taken = await second.claim(KEY)
+    assert time.monotonic() - started < 0.5 and taken > token, "no lease to wait out"
+    assert (await second.owner(KEY)).node_id == "o2"  # type: ignore[union-attr]
 
 
-async def test_a_lease_that_lapsed_unclaimed_is_retaken_with_the_same_token(
-        nodes: tuple[NodeRegistry, NodeRegistry, ClusterView], raw: aioredis.Redis) -> None:
+async def test_a_restarted_node_with_the_same_id_takes_its_keys_back(
+        nodes: tuple[NodeRegistry, NodeRegistry, ClusterView], server: RedisServer) -> None:
     first, _, _ = nodes
     token = await first.claim(KEY)
-    await raw.delete(first.keys.owner(KEY), first.keys.stream(KEY))  # as if it expired
+    again = NodeRegistry(RegistrySettings(url=server.url), node_id="o1",
+                         role=NodeRole.ORIGIN)
+    try:
+        await again.start_session()  # a new process: a new session (the old one lapses)
+        assert await again.claim(KEY) > token
+    finally:
+        await again.close()
+
+
+async def test_without_a_live_session_nothing_is_claimed_and_a_lapse_loses_everything(
+        nodes: tuple[NodeRegistry, NodeRegistry, ClusterView], raw: aioredis.Redis) -> None:
+    first, _, _ = nodes
     held = Held()
-    held.frames[KEY] = 1234.5
-    await first.renew_all(held)
+    first._streams = held
+    token = await first.claim(KEY)
+    # Redis lost its data (a restart without persistence) while our session was live by our
+    # clock: claims are refused until the session is restored, with what we held.
+    await raw.flushdb()
+    with pytest.raises(RegistryUnavailable, match="session lapsed"):
+        await first.claim(StreamKey("live", "other"))
+    assert await first.renew_session(), "restored"
+    assert await raw.get(first.keys.owner(KEY)) == f"o1|{token}|{first.session}"
     assert held.lost == []
-    assert await raw.get(first.keys.owner(KEY)) == f"o1|{token}"
-    record = await raw.hgetall(first.keys.stream(KEY))
-    assert record["owner"] == "o1" and float(record["last_frame_at"]) == 1234.5
-    assert 0 < await raw.pttl(first.keys.owner(KEY)) <= 5000
+    # The session lapsed by our own clock (a partition, a stopped process): everything held
+    # is lost, even if Redis still says otherwise.
+    first._renewed_at -= 10
+    assert not first.session_alive
+    await raw.delete(first.keys.session("o1"))
+    assert not await first.renew_session(), "the renewal reports the loss"
+    first.lose_session("test")
+    assert held.lost == [(KEY, "session lost")]
+    assert not first.session
+    with pytest.raises(RegistryUnavailable, match="no registry session"):
+        await first.claim(KEY)
+
+
+async def test_the_operator_releasing_a_key_ends_its_publish_on_the_owner(
+        nodes: tuple[NodeRegistry, NodeRegistry, ClusterView], raw: aioredis.Redis) -> None:
+    first, second, view = nodes
+    held = Held()
+    stop = asyncio.Event()
+    running = asyncio.create_task(first.run(stop, held))
+    try:
+        await first.claim(KEY)
+        async def subscribed() -> bool:  # the owner listens to the events channel
+            return bool((await raw.pubsub_numsub(first.keys.events))[0][1])
+
+        await eventually(subscribed)
+        assert await view.force_release(KEY, "idle")
+        await eventually(lambda: held.lost, message="the owner never heard")
+        assert held.lost == [(KEY, "ownership lost")]
+        await second.claim(KEY)  # free for anyone else
+        assert not await view.force_release(StreamKey("live", "nobody"), "idle")
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 5)
+
+
+async def test_idle_streams_are_marked_once_and_unmarked_when_frames_return(
+        nodes: tuple[NodeRegistry, NodeRegistry, ClusterView], raw: aioredis.Redis) -> None:
+    first, _, view = nodes
+    await first.claim(KEY)
+    held = Held()
+    held.frames[KEY] = time.time()
+    await first.mark_idle(held)
+    assert "idle_since" not in await raw.hgetall(first.keys.stream(KEY))
+    held.frames[KEY] = time.time() - 60
+    await first.mark_idle(held)
+    assert float((await view.stream_records([KEY]))[KEY]["idle_since"]) == held.frames[KEY]
+    held.frames[KEY] = time.time()
+    await first.mark_idle(held)
+    assert "idle_since" not in await raw.hgetall(first.keys.stream(KEY))
 
 
 async def test_stream_records_carry_relay_times_and_trace(
@@ -142,8 +227,8 @@ async def test_stream_records_carry_relay_times_and_trace(
     assert owner is not None and owner.trace.startswith("00-0af76519")
     record = (await view.stream_records([KEY]))[KEY]
     assert record["relay"] == "h1:7000" and int(record["token"]) == token
-    assert float(record["started_at"]) <= float(record["last_frame_at"]) <= time.time()
-    assert await view.owners() == {KEY: type(owner)("o1", token, "")}
+    assert float(record["started_at"]) <= time.time()
+    assert await view.owners() == {KEY: type(owner)("o1", token, "", session=first.session)}
 
 
 async def test_heartbeat_state_and_the_operators_word(
@@ -218,15 +303,17 @@ async def test_run_heartbeats_with_the_nodes_load_until_stopped(
     assert record["viewers"] == "7"
     stop.set()
     await asyncio.wait_for(task, 5)
+    session = first.session
     await first.deregister()
     assert await view.node("o1") == {} and "o1" not in await view.nodes()
+    assert await view.sessions({"o1"}) == {} and session, "a clean stop frees its keys"
 
 
 async def test_without_redis_a_claim_is_refused_not_guessed() -> None:
     unreachable = RegistrySettings(url="redis://127.0.0.1:1/0", timeout=0.5)
     node = NodeRegistry(unreachable, node_id="o1", role=NodeRole.ORIGIN)
     try:
-        with pytest.raises(RegistryUnavailable, match="cannot claim live/cam"):
+        with pytest.raises(RegistryUnavailable, match="cannot claim live/cam: no registry"):
             await node.claim(KEY)
         with pytest.raises(RegistryUnavailable, match="cannot look up live/cam"):
             await node.owner(KEY)

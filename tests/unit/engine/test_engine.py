@@ -302,6 +302,26 @@ async def test_pump_source_releases_the_slot_on_shutdown() -> None:
     assert engine.stream(KEY) is None
 
 
+async def test_a_silent_publisher_is_replaced_by_a_reconnecting_one_a_live_one_is_not() -> None:
+    clock = FakeClock()
+    engine = Engine(EngineConfig(stale_publisher=2.0), clock=clock)
+    first = await engine.start_publish(KEY, peer="a")
+    clock.now += 1.5
+    first.publish_frame(video(0, key=True))
+    clock.now += 1.9  # 1.9 s since its last frame: still live
+    with pytest.raises(StreamBusy):
+        await engine.start_publish(KEY, peer="b")
+    clock.now += 0.2  # 2.1 s: the old connection is dead, it just has not noticed
+    second = await engine.start_publish(KEY, peer="b")
+    assert first.ended.cancelled and first.end_reason == "replaced: the publisher reconnected"
+    assert second.token > first.token and engine.stream(KEY).peer == "b"  # type: ignore[union-attr]
+    never = Engine(EngineConfig(stale_publisher=None), clock=clock)
+    await never.start_publish(KEY)
+    clock.now += 3600
+    with pytest.raises(StreamBusy):
+        await never.start_publish(KEY)
+
+
 async def test_pump_source_refuses_a_busy_key() -> None:
     engine = Engine()
     await engine.start_publish(KEY)

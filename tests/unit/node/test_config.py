@@ -75,8 +75,8 @@ def test_every_node_default_is_the_default_of_the_component_it_configures() -> N
                                              limits.max_connections_per_ip,
                                              limits.max_publishers,
                                              limits.max_viewers_per_stream)
-    assert (node.redis_url, node.redis_prefix, node.ownership_lease) == (
-        registry.url, registry.prefix, registry.lease)
+    assert (node.redis_url, node.redis_prefix, node.session_ttl) == (
+        registry.url, registry.prefix, registry.session_ttl)
     assert node.relay_token == RelaySettings().token
     assert node.reconnect_window == EdgeSettings().reconnect_window
     operator = OperatorSettings.from_env({})

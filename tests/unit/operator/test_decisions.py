@@ -37,9 +37,9 @@ def test_deletion_cost_orders_edges_by_load() -> None:
 def test_streams_to_reap_picks_orphans_and_idle_streams() -> None:
     live, idle, orphan = StreamKey("a", "live"), StreamKey("a", "idle"), StreamKey("a", "orphan")
     owners = {live: "o1", idle: "o1", orphan: "o9"}
-    records = {live: {"last_frame_at": "995"}, idle: {"last_frame_at": "900"},
-               orphan: {"last_frame_at": "999"}}
-    victims = decisions.streams_to_reap(owners, records, {"o1"}, now=1000, idle_timeout=30)
+    records = {live: {"idle_since": "995"}, idle: {"idle_since": "900"}, orphan: {}}
+    alive = {live: True, idle: True, orphan: False}  # o9's session lapsed
+    victims = decisions.streams_to_reap(owners, records, alive, now=1000, idle_timeout=30)
     assert [(v.key, v.kind) for v in victims] == [
         (idle, decisions.ReapKind.IDLE), (orphan, decisions.ReapKind.ORPHANED)]
     assert victims[1].reason == "orphaned: owner o9 is gone"
