@@ -56,19 +56,20 @@ class Victim:
     reason: str  # for people: logs and the release event
 
 
-def streams_to_reap(owners: Mapping[StreamKey, str],
-                    records: Mapping[StreamKey, Mapping[str, str]],
+def streams_to_reap(owners: Mapping[StreamKey, tuple[str, int]],
+                    idle: Mapping[tuple[StreamKey, int], float],
                     alive: Mapping[StreamKey, bool], *, now: float,
                     idle_timeout: float) -> list[Victim]:
     """Keys whose owner is gone (its session lapsed: orphaned) or that their owner marked idle
-    (``idle_since``) longer than ``idle_timeout`` ago."""
+    (``idle``: (key, token of the claim) → last frame) longer than ``idle_timeout`` ago.
+    ``owners``: key → (node, token)."""
     victims = []
-    for key, owner in sorted(owners.items(), key=lambda item: str(item[0])):
+    for key, (node, token) in sorted(owners.items(), key=lambda item: str(item[0])):
         if not alive.get(key, False):
-            victims.append(Victim(key, ReapKind.ORPHANED, f"orphaned: owner {owner} is gone"))
+            victims.append(Victim(key, ReapKind.ORPHANED, f"orphaned: owner {node} is gone"))
             continue
-        since = records.get(key, {}).get("idle_since")
-        if since is not None and now - float(since) > idle_timeout:
+        since = idle.get((key, token))
+        if since is not None and now - since > idle_timeout:
             victims.append(Victim(key, ReapKind.IDLE,
                                   f"idle for more than {idle_timeout:g} s"))
     return victims

@@ -80,14 +80,16 @@ class Reconciler:
 
     async def reap(self, nodes: Mapping[str, Mapping[str, str]], idle_timeout: float) -> int:
         owners = await self.cluster.owners()
-        records = await self.cluster.stream_records(list(owners))
+        idle = await self.cluster.idle()
         alive = await self.cluster.alive(owners, nodes)
         now = datetime.datetime.now(datetime.UTC)
-        victims = decisions.streams_to_reap(
-            {k: o.node_id for k, o in owners.items()}, records, alive,
-            now=now.timestamp(), idle_timeout=idle_timeout)
+        await self.cluster.forget_stale_idle(owners, idle)
+        victims = decisions.streams_to_reap({k: (o.node_id, o.token) for k, o in owners.items()},
+                                            idle, alive, now=now.timestamp(),
+                                            idle_timeout=idle_timeout)
         for victim in victims:
-            if await self.cluster.force_release(victim.key, victim.reason):
+            # Only the owner decided on: a broadcaster that re-claimed the key meanwhile keeps it.
+            if await self.cluster.force_release(victim.key, victim.reason, owners[victim.key]):
                 self.reaped += 1
                 self.last_reap = now.isoformat(timespec="seconds").replace("+00:00", "Z")
                 self.telemetry.reaps.add(1, {"reason": victim.kind.value})

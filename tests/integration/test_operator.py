@@ -178,8 +178,8 @@ async def test_operator_manages_node_lifecycle_releases_reaps_and_reports(
         kept = StreamKey("live", "cam")
         idle = StreamKey("live", "quiet")
         await node.claim(kept)
+        lost.frames[idle] = time.time() - 3600  # the node marks it idle at its next heartbeat
         await node.claim(idle)
-        await raw.hset(node.keys.stream(idle), "idle_since", time.time() - 3600)
 
         # Pods appear; turning Ready registers them as ready nodes.
         for name, role in (("demo-origin-0", "origin"), ("demo-edge-abc", "edge")):
@@ -295,18 +295,19 @@ async def test_two_replicas_one_acts_and_the_other_takes_over_when_it_dies(
 
 
 class _Lost:
-    """The node's side of ``renew_all``: records the keys it is told it lost."""
+    """The node's side of ``NodeRegistry.run``: records the keys it is told it lost."""
 
     def __init__(self) -> None:
         self.keys: list[StreamKey] = []
+        self.frames: dict[StreamKey, float] = {}
 
     def load(self) -> NodeLoad:
         return NodeLoad()
 
     def last_frame(self, key: StreamKey) -> float | None:
-        return None
+        return self.frames.get(key)
 
-    def ownership_lost(self, key: StreamKey, reason: str) -> None:
+    def ownership_lost(self, key: StreamKey, token: int, reason: str) -> None:
         self.keys.append(key)
 
 

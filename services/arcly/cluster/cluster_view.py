@@ -1,51 +1,19 @@
-"""The operator's side of the registry: the whole cluster — every owned key, every live node —
+"""The operator's side of the registry: the whole cluster — every live node, stream records —
 and the actions only the operator takes: a node's state from its Pod, releasing what a gone
-node held, force-releasing idle or orphaned keys."""
+node held, force-releasing idle or orphaned keys. (Reading every owner, session and idle mark
+is shared with the nodes: ``RegistryClient``.)"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
-from arcly.engine import ArclyError, StreamKey
+from arcly.engine import StreamKey
 
 from .model import NodeRole, NodeState, Owner
-from .registry import RegistryClient, RegistrySettings, parse_owner
+from .registry import RegistryClient, RegistrySettings
 
 
 class ClusterView(RegistryClient):
     def __init__(self, settings: RegistrySettings) -> None:
         super().__init__(settings, actor="operator")
-
-    async def owners(self) -> dict[StreamKey, Owner]:
-        """Every owned key and its owner."""
-        prefix = self.keys.owner_prefix
-        names = [name async for name in self.redis.scan_iter(match=f"{prefix}*", count=500)]
-        values = await self.redis.mget(names) if names else []
-        found: dict[StreamKey, Owner] = {}
-        for name, value in zip(names, values, strict=True):
-            parsed = parse_owner(value)
-            if parsed is None:
-                continue
-            try:
-                key = StreamKey.parse(str(name)[len(prefix):])
-            except ArclyError:
-                continue
-            found[key] = Owner(parsed[0], parsed[1], "", session=parsed[2])
-        return found
-
-    async def sessions(self, node_ids: set[str]) -> dict[str, str]:
-        """The live session of each of ``node_ids`` that has one."""
-        ids = sorted(node_ids)
-        values = await self.redis.mget([self.keys.session(n) for n in ids]) if ids else []
-        return {node: str(value) for node, value in zip(ids, values, strict=True) if value}
-
-    async def alive(self, owners: Mapping[StreamKey, Owner],
-                    nodes: Mapping[str, object]) -> dict[StreamKey, bool]:
-        """Whether each key's owner still holds it: its session lives (owners of chart 0.1,
-        without sessions: its node record lives)."""
-        live = await self.sessions({o.node_id for o in owners.values() if o.session})
-        return {key: (live.get(o.node_id) == o.session) if o.session else o.node_id in nodes
-                for key, o in owners.items()}
 
     async def stream_records(self, keys: list[StreamKey]) -> dict[StreamKey, dict[str, str]]:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -80,24 +48,23 @@ class ClusterView(RegistryClient):
         if state is NodeState.DRAINING:
             await self.publish_event("node-draining", None, target=node_id)
 
-    async def force_release(self, key: StreamKey, reason: str) -> bool:
-        """Release ``key`` whoever holds it (dead origins, idle streams). The fence moves on,
-        so the old owner cannot quietly retake the key: its next renewal reports "ownership
-        lost" and it ends the publish."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self.keys.owner(key), self.keys.stream(key))
-            pipe.incr(self.keys.fence(key))
-            deleted, _ = await pipe.execute()
-        if deleted:
-            await self.publish_event("released", key, reason=reason)
-        return bool(deleted)
+    async def force_release(self, key: StreamKey, reason: str,
+                            owner: Owner | None = None) -> bool:
+        """Release ``key`` — if ``owner`` (the one the decision was made on) still holds it;
+        None: whoever does. The owner hears it on the events channel (the token says which
+        claim) and ends the publish; a broadcaster that re-claimed the key meanwhile keeps it."""
+        released = await self.release_if(key, owner)
+        if released is None:
+            return False
+        await self.publish_event("released", key, reason=reason, token=released.token,
+                                 owner=released.node_id)
+        return True
 
     async def remove_node(self, node_id: str) -> list[StreamKey]:
         """A node is gone: forget it and release every key it held. Returns those keys."""
         released = [key for key, owner in (await self.owners()).items()
-                    if owner.node_id == node_id]
-        for key in released:
-            await self.force_release(key, f"owner {node_id} is gone")
+                    if owner.node_id == node_id and await self.force_release(
+                        key, f"owner {node_id} is gone", owner)]
         await self.redis.delete(self.keys.node(node_id))
         await self.redis.srem(self.keys.nodes, node_id)
         return released

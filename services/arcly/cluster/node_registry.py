@@ -18,15 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import secrets
 import time
 from typing import Protocol
 
 from opentelemetry import metrics
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from arcly.engine import CloseReason, StreamBusy, StreamKey
 
+from . import scripts
 from .model import NodeLoad, NodeRole, NodeState
 from .registry import (
     RegistryClient,
@@ -34,73 +36,13 @@ from .registry import (
     RegistryEvents,
     RegistrySettings,
     RegistryUnavailable,
+    idle_member,
 )
 
 log = logging.getLogger("arcly.registry")
 _conflicts = metrics.get_meter("arcly.registry").create_counter(
     "arcly.ownership.conflicts", unit="{claim}",
     description="publishes refused because another node owns the key")
-
-# Claim. KEYS: owner, fence, our session key. ARGV: node, session, wall clock ms, key prefix.
-# Refused while our own session is not the live one (we could not keep what we claim) or the
-# current owner's session lives (an owner of chart 0.1, without session, while its key lives).
-# Tokens never fall below the wall clock in ms, so they stay unique even if Redis lost its data
-# (they name publish sessions, e.g. in HLS segment URIs). Reads the owner's session key, which
-# is not in KEYS: fine on a single Redis, not on Redis Cluster.
-_CLAIM = """
-if redis.call('GET', KEYS[3]) ~= ARGV[2] then return redis.error_reply('NOSESSION') end
-local current = redis.call('GET', KEYS[1])
-if current then
-  local node, _, session = string.match(current, '^(.*)|(%d+)|(%w+)$')
-  if not node then return false end
-  if redis.call('GET', ARGV[4] .. 'session:' .. node) == session then return false end
-end
-local token = redis.call('INCR', KEYS[2])
-if token < tonumber(ARGV[3]) then
-  token = tonumber(ARGV[3])
-  redis.call('SET', KEYS[2], token)
-end
-redis.call('SET', KEYS[1], ARGV[1] .. '|' .. token .. '|' .. ARGV[2])
-return token
-"""
-# Release only what we hold (compare-and-delete).
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1], KEYS[2])
-  return 1
-end
-return 0
-"""
-# Renew our session: 1 extended, 0 gone (lapsed, or Redis lost its data), -1 someone else's.
-_RENEW = """
-local current = redis.call('GET', KEYS[1])
-if current == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-if current then return -1 end
-return 0
-"""
-# Restore what we hold after Redis lost its data (restarted without persistence) while our
-# session was still live by our clock: nobody could have claimed it, unless in the moment
-# since. KEYS: session, then (owner, fence) per key. ARGV: session, ttl, then (value, token).
-# Returns the indexes (1-based, per key) that someone else holds now.
-_RESTORE = """
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {-1} end
-local lost = {}
-for i = 2, #KEYS, 2 do
-  local value, token = ARGV[i + 1], tonumber(ARGV[i + 2])
-  if redis.call('SET', KEYS[i], value, 'NX') then
-    if tonumber(redis.call('GET', KEYS[i + 1]) or 0) < token then
-      redis.call('SET', KEYS[i + 1], token)
-    end
-  else
-    table.insert(lost, i / 2)
-  end
-end
-return lost
-"""
-
 
 class HeldStreams(Protocol):
     """What a node tells its registry about itself while it runs (``NodeRegistry.run``)."""
@@ -114,14 +56,16 @@ class HeldStreams(Protocol):
         operator)."""
         ...
 
-    def ownership_lost(self, key: StreamKey, reason: str) -> None:
-        """``key`` is not ours any more (session lost, released by the operator): end its
-        publish here."""
+    def ownership_lost(self, key: StreamKey, token: int, reason: str) -> None:
+        """``key`` is not ours any more (session lost, released by the operator, claimed
+        elsewhere): end its publish of fencing ``token`` here."""
         ...
 
 
 class NodeRegistry(RegistryClient):
-    """One node's view of the registry. Implements the kernel's ``KeyOwnership``."""
+    """One node's view of the registry. Implements the kernel's ``KeyOwnership`` (origins).
+
+    Edges hold no session (they own nothing): they only heartbeat and listen to events."""
 
     def __init__(self, settings: RegistrySettings, *, node_id: str, role: NodeRole,
                  relay_address: str = "", idle_after: float = 5.0) -> None:
@@ -131,30 +75,38 @@ class NodeRegistry(RegistryClient):
         self.relay_address = relay_address
         self.idle_after = idle_after  # a held stream without frames this long is marked idle
         self.state = NodeState.READY
-        self._claim = self.redis.register_script(_CLAIM)
-        self._release = self.redis.register_script(_RELEASE)
-        self._renew = self.redis.register_script(_RENEW)
-        self._restore = self.redis.register_script(_RESTORE)
+        self._claim = self.redis.register_script(scripts.CLAIM)
+        self._release = self.redis.register_script(scripts.RELEASE)
+        self._set_field = self.redis.register_script(scripts.SET_FIELD)
+        self._restore = self.redis.register_script(scripts.RESTORE)
         self.session = ""            # our session id; "" until the first start
-        self._renewed_at = -1e18     # monotonic: our last successful renewal (or start)
+        self._renewed_at = -1e18     # monotonic: when our last successful renewal was sent
+        self._expiry: asyncio.TimerHandle | None = None
         self._held: dict[StreamKey, int] = {}
+        self._unreleased: dict[StreamKey, int] = {}  # releases Redis did not take; retried
         self._idle: set[StreamKey] = set()
         self._streams: HeldStreams | None = None  # the node's, once ``run`` starts
         self._load = NodeLoad()
         self.events = RegistryEvents(self)
         self.events.listen(self._on_event)
 
+    @property
+    def keeps_session(self) -> bool:
+        return self.role is not NodeRole.EDGE
+
     def advertise(self, relay_address: str) -> None:
         """Where edges dial this origin's relay (known once its listener is bound)."""
         self.relay_address = relay_address
 
-    def _value(self, token: int) -> str:
-        return f"{self.node_id}|{token}|{self.session}"
+    def _value(self, token: int, session: str | None = None) -> str:
+        return f"{self.node_id}|{token}|{self.session if session is None else session}"
 
     @property
     def session_alive(self) -> bool:
-        """Whether our session may still be live in Redis (by our own clock)."""
-        return time.monotonic() - self._renewed_at < self.settings.session_ttl
+        """Whether our session may still be live in Redis (by our own clock: Redis started its
+        TTL after we sent the renewal, so it cannot lapse there before it does here)."""
+        return bool(self.session) and \
+            time.monotonic() - self._renewed_at < self.settings.session_ttl
 
     # -- the session ---------------------------------------------------------------------------
 
@@ -164,22 +116,53 @@ class NodeRegistry(RegistryClient):
         started = time.monotonic()
         await self.redis.set(self.keys.session(self.node_id), session,
                              px=int(self.settings.session_ttl * 1000))
-        self.session, self._renewed_at = session, started
+        self.session = session
+        self._renewed(started)
         log.info("registry session started node=%s session=%s ttl=%gs", self.node_id, session,
                  self.settings.session_ttl)
 
+    def _renewed(self, sent: float) -> None:
+        """Our session was extended by a command sent at ``sent``: it lives (for Redis) at
+        least until ``sent + ttl``; at that moment, unless renewed again, we lose it — on a
+        timer, so a renewal stuck in a dead connection cannot keep us publishing past it."""
+        self._renewed_at = sent
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self._expiry = asyncio.get_running_loop().call_later(
+            max(0.0, sent + self.settings.session_ttl - time.monotonic()), self._expired)
+
+    def _expired(self) -> None:
+        self._expiry = None
+        if not self.session:
+            return
+        if self.session_alive:  # the timer fired a hair early
+            self._renewed(self._renewed_at)
+            return
+        self.lose_session("no renewal for longer than its TTL")
+
     async def renew_session(self) -> bool:
-        """Extend our session; False when it is lost (then ``lose_session``). A session key
-        that vanished while our clock says it cannot have lapsed means Redis lost its data: the
-        session and what we hold are restored. Raises ``RedisError``."""
-        sent = time.monotonic()
-        renewed = await self._renew(keys=[self.keys.session(self.node_id)],
-                                    args=[self.session, int(self.settings.session_ttl * 1000)])
-        if renewed == 0 and self.session_alive:
-            renewed = await self._restore_after_data_loss()
-        if renewed == 1:
-            self._renewed_at = sent
-        return bool(renewed == 1)
+        """Extend our session (one PEXPIRE: the cheapest renewal there is; the heartbeat checks
+        that the key still holds our id). False when it is lost (then ``lose_session``). A
+        session key that vanished while our clock says it cannot have lapsed means Redis lost
+        its data: the session and what we hold are restored. Raises ``RedisError``."""
+        session, sent = self.session, time.monotonic()
+        renewed = await self.redis.pexpire(self.keys.session(self.node_id),
+                                           int(self.settings.session_ttl * 1000))
+        if self.session != session:
+            # Lost while the renewal was on its way (our timer fired): free its keys now if
+            # it still lives in Redis; the next round starts a new session.
+            if renewed:
+                await self._drop_session_key(session)
+            return True
+        if not renewed and not (self.session_alive and await self._restore_after_data_loss() == 1):
+            return False
+        if self.session == session:
+            self._renewed(sent)
+        return True
+
+    async def _drop_session_key(self, session: str) -> None:
+        session_key = self.keys.session(self.node_id)
+        await self._release(keys=[session_key, session_key], args=[session])
 
     async def _restore_after_data_loss(self) -> int:
         held = list(self._held.items())
@@ -192,13 +175,13 @@ class NodeRegistry(RegistryClient):
         if lost and lost[0] == -1:
             return -1
         for index in lost:
-            key, _ = held[int(index) - 1]
-            del self._held[key]
-            if self._streams is not None:
-                self._streams.ownership_lost(key, CloseReason.OWNERSHIP_LOST)
+            key, token = held[int(index) - 1]
+            self._drop(key, token, CloseReason.OWNERSHIP_LOST)
         for key, token in held:
-            if key in self._held:
+            if self._held.get(key) == token:
                 await self._write_stream(key, token)
+        self._unreleased.clear()  # Redis forgot them: nothing left to release
+        self._idle.clear()        # nor to unmark; the next heartbeat marks again
         log.warning("registry lost its data; session restored node=%s held=%d lost=%d",
                     self.node_id, len(self._held), len(lost))
         return 1
@@ -209,11 +192,24 @@ class NodeRegistry(RegistryClient):
             log.warning("registry session lost node=%s session=%s reason=%s held=%d",
                         self.node_id, self.session, why, len(self._held))
         self.session = ""
-        held, self._held = list(self._held), {}
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        held, self._held = list(self._held.items()), {}
         self._idle.clear()
-        for key in held:
+        self._unreleased.clear()  # they lapse with the session
+        for key, token in held:
             if self._streams is not None:
-                self._streams.ownership_lost(key, CloseReason.SESSION_LOST)
+                self._streams.ownership_lost(key, token, CloseReason.SESSION_LOST)
+
+    def _drop(self, key: StreamKey, token: int, reason: CloseReason) -> None:
+        """``key`` (under ``token``) is not ours any more: forget it, end its publish."""
+        if self._held.get(key) != token:
+            return
+        del self._held[key]
+        self._idle.discard(key)
+        if self._streams is not None:
+            self._streams.ownership_lost(key, token, reason)
 
     # -- ownership (KeyOwnership) --------------------------------------------------------------
 
@@ -223,79 +219,129 @@ class NodeRegistry(RegistryClient):
         accepted the moment it does), then refuse with ``StreamBusy``."""
         deadline = time.monotonic() + self.settings.session_ttl
         while True:
-            try:
-                return await self._claim_once(key)
-            except StreamBusy:
-                if time.monotonic() >= deadline:
-                    _conflicts.add(1)
-                    raise
-                await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+            token = await self._claim_once(key)
+            if token is not None:
+                return token
+            if time.monotonic() >= deadline:
+                _conflicts.add(1)
+                owner = await self.owner(key)
+                where = f" on node {owner.node_id}" if owner else ""
+                raise StreamBusy(f"{key} is already being published{where}")
+            await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
-    async def _claim_once(self, key: StreamKey) -> int:
-        if not self.session or not self.session_alive:
+    async def _claim_once(self, key: StreamKey) -> int | None:
+        """One claim: the token, or None while another live session owns ``key``."""
+        session = self.session
+        if not self.session_alive:
             raise RegistryUnavailable(f"cannot claim {key}: no registry session (Redis away)")
         try:
             token = await self._claim(
                 keys=[self.keys.owner(key), self.keys.fence(key),
-                      self.keys.session(self.node_id)],
-                args=[self.node_id, self.session, time.time_ns() // 1_000_000,
-                      self.settings.prefix])
+                      self.keys.session(self.node_id), self.keys.stream(key)],
+                args=[self.node_id, session, time.time_ns() // 1_000_000,
+                      self.settings.prefix, self.relay_address, time.time()])
         except ResponseError as exc:
-            if "NOSESSION" not in str(exc) or isinstance(exc, NoScriptError):
+            if "NOSESSION" not in str(exc):
                 raise RegistryUnavailable(f"cannot claim {key}: {exc}") from exc
             raise RegistryUnavailable(f"cannot claim {key}: our session lapsed") from exc
         except RedisError as exc:
-            self._mark(False, exc)
+            self.mark_reachable(False, exc)
             raise RegistryUnavailable(f"cannot claim {key}: registry unavailable") from exc
-        self._mark(True)
+        self.mark_reachable(True)
         if not token:
-            owner = await self.owner(key)
-            where = f" on node {owner.node_id}" if owner else ""
-            raise StreamBusy(f"{key} is already being published{where}")
+            return None
         token = int(token)
+        if self.session != session:  # lost while the claim was on its way: it names a dead
+            raise RegistryUnavailable(f"cannot claim {key}: our session lapsed")  # session
+        self._unreleased.pop(key, None)
         self._held[key] = token
-        await self._write_stream(key, token)
         await self.publish_event("published", key, token=token)
+        if self._held.get(key) != token:  # claimed elsewhere or lost while we announced it
+            raise RegistryUnavailable(f"cannot claim {key}: lost it while claiming")
         return token
 
     async def release(self, key: StreamKey, token: int) -> None:
         if self._held.get(key) != token:
             return  # not ours any more (session lost, released by the operator)
         del self._held[key]
+        was_idle = key in self._idle
         self._idle.discard(key)
+        if not await self._release_now(key, token, was_idle):
+            self._unreleased[key] = token
+            log.warning("could not release stream=%s (retried while our session lives)", key)
+
+    async def _release_now(self, key: StreamKey, token: int, was_idle: bool = True) -> bool:
+        """Release one key we held; False when Redis did not answer."""
         try:
             released = await self._release(keys=[self.keys.owner(key), self.keys.stream(key)],
                                            args=[self._value(token)])
+            if was_idle:
+                await self.redis.zrem(self.keys.idle, idle_member(key, token))
         except RedisError as exc:
-            self._mark(False, exc)
-            log.warning("could not release stream=%s (free once our session lapses) "
-                        "error=%s", key, exc)
-            return
+            self.mark_reachable(False, exc)
+            return False
         if released:
             await self.publish_event("unpublished", key, token=token)
+        return True
+
+    async def _retry_releases(self) -> None:
+        for key, token in list(self._unreleased.items()):
+            if self._unreleased.get(key) == token and await self._release_now(key, token):
+                self._unreleased.pop(key, None)
 
     def _on_event(self, event: RegistryEvent) -> None:
-        """Someone else moved one of our keys on (the operator released it, a claim after our
-        session lapsed): end its publish here."""
+        """Someone else moved one of our keys on: the operator released it (the event names
+        the token it released), or another node claimed it (a newer token, after our session
+        lapsed). End its publish here."""
         if event.key is None or event.node == self.node_id:
             return
         token = self._held.get(event.key)
-        if token is None or event.kind not in ("released", "published"):
+        if token is None:
             return
-        if event.kind == "published" and (event.token or 0) <= token:
+        if event.kind == "released" and event.token in (None, token):
+            log.warning("stream released by the operator stream=%s token=%d", event.key, token)
+            self._drop(event.key, token, CloseReason.RELEASED)
+        elif event.kind == "published" and (event.token or 0) > token:
+            log.warning("ownership lost stream=%s token=%d by=%s", event.key, token, event.node)
+            self._drop(event.key, token, CloseReason.OWNERSHIP_LOST)
+
+    async def verify_held(self) -> None:
+        """Compare our session and what we hold with Redis (one MGET): events are not
+        replayed after a reconnect, so a release or claim we did not hear of is caught here."""
+        session = self.session
+        held = dict(self._held)
+        if not self.session_alive:
             return
-        del self._held[event.key]
-        self._idle.discard(event.key)
-        log.warning("ownership lost stream=%s token=%d by=%s", event.key, token, event.node)
-        if self._streams is not None:
-            self._streams.ownership_lost(event.key, CloseReason.OWNERSHIP_LOST)
+        values = await self.redis.mget(
+            [self.keys.session(self.node_id), *(self.keys.owner(k) for k in held)])
+        if self.session != session:
+            return
+        if values[0] != session:
+            if values[0] is not None:  # renewals extended someone else's session
+                self.lose_session("another process holds this node id's session (two nodes "
+                                  "with one --node-id?)")
+            return  # gone: the next renewal restores it, or loses it
+        for (key, token), value in zip(held.items(), values[1:], strict=True):
+            if value == self._value(token, session):
+                continue
+            if self._held.get(key) != token:
+                continue  # released or re-claimed meanwhile
+            log.warning("ownership lost stream=%s token=%d (the registry says %s)", key, token,
+                        value or "nobody")
+            self._drop(key, token,
+                       CloseReason.RELEASED if value is None else CloseReason.OWNERSHIP_LOST)
 
     async def set_trace(self, key: StreamKey, traceparent: str) -> None:
-        """Store the publish session's trace context with its stream record."""
+        """Store the publish session's trace context with its stream record (while we own
+        the key: never recreates a released record)."""
+        token = self._held.get(key)
+        if token is None:
+            return
         try:
-            await self.redis.hset(self.keys.stream(key), "trace", traceparent)
+            await self._set_field(keys=[self.keys.owner(key), self.keys.stream(key)],
+                                  args=[self._value(token), "trace", traceparent])
         except RedisError as exc:
-            self._mark(False, exc)
+            self.mark_reachable(False, exc)
 
     async def _write_stream(self, key: StreamKey, token: int) -> None:
         await self.redis.hset(self.keys.stream(key), mapping={
@@ -303,18 +349,50 @@ class NodeRegistry(RegistryClient):
             "started_at": time.time()})
 
     async def mark_idle(self, held: HeldStreams) -> None:
-        """Mark held streams without frames for ``idle_after`` (``idle_since``) and unmark
-        them when frames come back: one command per change, none while streams flow."""
+        """Mark held streams without frames for ``idle_after`` in the idle set and unmark them
+        when frames come back: one command per change, none while streams flow."""
         now = time.time()
-        for key in list(self._held):
+        went_idle: dict[str, float] = {}
+        came_back: dict[str, StreamKey] = {}
+        for key, token in self._held.items():
             last = held.last_frame(key)
             idle = last is not None and now - last >= self.idle_after
             if idle and key not in self._idle:
-                await self.redis.hset(self.keys.stream(key), "idle_since", last or now)
+                went_idle[idle_member(key, token)] = last or now
                 self._idle.add(key)
             elif not idle and key in self._idle:
-                await self.redis.hdel(self.keys.stream(key), "idle_since")
+                came_back[idle_member(key, token)] = key
                 self._idle.discard(key)
+        try:
+            if went_idle:
+                await self.redis.zadd(self.keys.idle, went_idle)
+            if came_back:
+                await self.redis.zrem(self.keys.idle, *came_back)
+        except RedisError:
+            # Unknown whether Redis took them: count them as marked, so a stream whose frames
+            # come back is unmarked again (a ZREM of a missing member is harmless; a mark left
+            # behind would get a live stream reaped).
+            self._idle.update(came_back.values())
+            raise
+
+    async def sweep(self) -> int:
+        """Free what dead sessions still name, and idle marks of claims that are over. Their
+        keys are claimable at once anyway; this keeps Redis from growing where no operator runs
+        (stream names per broadcast). One origin at a time, every ``sweep_interval``. Returns
+        how many keys were freed."""
+        interval_ms = int(self.settings.sweep_interval * 1000)
+        if not await self.redis.set(self.keys.sweep, self.node_id, nx=True, px=interval_ms):
+            return 0
+        owners = await self.owners()
+        alive = await self.alive(owners, {})
+        freed = 0
+        for key, owner in owners.items():  # owners of chart 0.1 (no session) expire by TTL
+            if owner.session and not alive[key] and await self.release_if(key, owner):
+                freed += 1
+        stale = await self.forget_stale_idle(owners, await self.idle())
+        if freed or stale:
+            log.info("registry sweep freed=%d stale_idle=%d", freed, stale)
+        return freed
 
     # -- heartbeat and state -------------------------------------------------------------------
 
@@ -329,7 +407,7 @@ class NodeRegistry(RegistryClient):
             "session": self.session, "streams": self._load.streams,
             "viewers": self._load.viewers}
         name = self.keys.node(self.node_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
+        async with self.redis.pipeline(transaction=False) as pipe:  # one round trip
             pipe.hset(name, mapping=record)  # type: ignore[arg-type]
             # The state is the node's own ("draining" on SIGTERM) or the operator's (from the
             # Pod's readiness): a heartbeat only fills it in when nobody has.
@@ -348,11 +426,12 @@ class NodeRegistry(RegistryClient):
             if state is NodeState.DRAINING:
                 await self.publish_event("node-draining", None)
         except RedisError as exc:
-            self._mark(False, exc)
+            self.mark_reachable(False, exc)
 
     async def run(self, stop: asyncio.Event, held: HeldStreams) -> None:
-        """Keep the session (a renewal every ``session_ttl / 4``), heartbeat and mark idle
-        streams every ``heartbeat``, and listen to the events channel, until ``stop``."""
+        """Keep the session (a renewal every ``session_ttl / 4``; origins), heartbeat, check
+        and mark held streams every ``heartbeat``, sweep every ``sweep_interval``, and listen
+        to the events channel, until ``stop``."""
         self._streams = held
         events = asyncio.create_task(self.events.run(stop), name="registry-events")
         try:
@@ -363,26 +442,47 @@ class NodeRegistry(RegistryClient):
 
     async def _keep_session(self, stop: asyncio.Event, held: HeldStreams) -> None:
         next_heartbeat = 0.0
+        next_sweep = time.monotonic() + self.settings.sweep_interval * random.random()
+        interval = self.settings.session_renew if self.keeps_session else self.settings.heartbeat
         while not stop.is_set():
             try:
-                if not self.session:
-                    await self.start_session()
-                elif not await self.renew_session():
-                    self.lose_session("it lapsed in Redis")
-                    continue
-                self._mark(True)
+                await self._round(held, time.monotonic() >= next_heartbeat,
+                                  self.keeps_session and time.monotonic() >= next_sweep)
                 if time.monotonic() >= next_heartbeat:
                     next_heartbeat = time.monotonic() + self.settings.heartbeat
-                    await self.heartbeat()
-                    await self.mark_idle(held)
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + self.settings.sweep_interval
             except (RedisError, OSError) as exc:
-                self._mark(False, exc)
-            if self.session and not self.session_alive:
-                self.lose_session("no renewal for longer than its TTL")
+                self.mark_reachable(False, exc)
+            except Exception:  # never let the loop die: without it, nothing is renewed
+                log.exception("registry loop failed; trying again")
             try:
-                await asyncio.wait_for(stop.wait(), self.settings.session_renew)
+                await asyncio.wait_for(stop.wait(), interval)
             except TimeoutError:
                 pass
+
+    async def _round(self, held: HeldStreams, heartbeat: bool, sweep: bool) -> None:
+        if self.keeps_session:
+            if not self.session:
+                await self.start_session()
+            elif not await self.renew_session():
+                self.lose_session("it lapsed in Redis")
+                return
+        self.mark_reachable(True)
+        if self._unreleased:
+            await self._retry_releases()
+        if heartbeat:
+            await self.heartbeat()
+            await self.verify_held()
+            await self.mark_idle(held)
+        if sweep:
+            await self.sweep()
+
+    async def close(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        await super().close()
 
     async def deregister(self) -> None:
         try:

@@ -84,7 +84,7 @@ class Engine:
                 self.clock() - current.last_frame_at >= stale:
             log.info("replacing a silent publisher stream=%s silent_s=%.1f peer=%s", key,
                      self.clock() - current.last_frame_at, current.peer)
-            await self.end_publish(key, "replaced: the publisher reconnected")
+            await self.end_publish(key, CloseReason.REPLACED)
         try:
             if key in self._streams or key in self._claiming:
                 raise StreamBusy(f"{key} is already being published")
@@ -106,12 +106,15 @@ class Engine:
         self.observer.on_publish_start(key, protocol, peer)
         return PublishHandle(stream)
 
-    async def end_publish(self, key: StreamKey, reason: str = "ended") -> bool:
-        """End the publish on ``key``: viewers get the end of stream, the key is free again.
-        Returns False if nothing was published there."""
-        stream = self._streams.pop(key, None)
-        if stream is None:
+    async def end_publish(self, key: StreamKey, reason: str = "ended", *,
+                          token: int | None = None) -> bool:
+        """End the publish on ``key`` (only the one with fencing ``token``, if given): viewers
+        get the end of stream, the key is free again. Returns False if nothing (of ``token``)
+        was published there."""
+        stream = self._streams.get(key)
+        if stream is None or (token is not None and stream.token != token):
             return False
+        del self._streams[key]
         stream.end(reason)
         self.observer.on_publish_end(key, stream.protocol, stream.peer, reason)
         try:

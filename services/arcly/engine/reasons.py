@@ -23,14 +23,20 @@ class CloseReason(enum.StrEnum):
     SHUTDOWN = "shutdown"
     """The node is stopping."""
     OWNERSHIP_LOST = "ownership lost"
-    """Another node owns the key now (the operator released it, or it was claimed after this
-    node's registry session lapsed)."""
+    """Another node claimed the key (after this node's registry session lapsed)."""
     SESSION_LOST = "session lost"
     """This node could not renew its registry session in time: it may not own anything."""
-
+    RELEASED = "released by the operator"
+    """The operator released the key (an idle stream): the stream is over."""
+    REPLACED = "replaced: the publisher reconnected"
+    """A silent publisher was replaced by a new publish of the same key (a broadcaster that
+    reconnected before its old connection was noticed dead)."""
+    TAKEN_OVER = "taken over"
+    """A publisher with a takeover credential replaced the live one."""
 
 
 def moves_stream(reason: str) -> bool:
     """A publish that ended for ``reason`` goes on elsewhere (or will): edges wait for its next
     owner rather than end the stream for their viewers."""
-    return reason in (CloseReason.SHUTDOWN, CloseReason.OWNERSHIP_LOST, CloseReason.SESSION_LOST)
+    return reason in (CloseReason.SHUTDOWN, CloseReason.OWNERSHIP_LOST, CloseReason.SESSION_LOST,
+                      CloseReason.REPLACED, CloseReason.TAKEN_OVER)

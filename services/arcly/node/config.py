@@ -101,6 +101,8 @@ class NodeConfig:
     write_coalesce_ms: float = DEFAULT_COALESCE * 1000
     metrics: bool = True
     metrics_listen: Address | None = None
+    # Warnings about retired flags that were given (logged at start; the node still runs).
+    retired: tuple[str, ...] = ()
 
 
 def _positive_float_or_off(text: str) -> float | None:
@@ -210,6 +212,13 @@ _OPTIONS: list[tuple[str, object, str]] = [
 ]
 
 
+# Flags of earlier versions: accepted (old manifests keep working) and ignored with a warning.
+_RETIRED = {
+    "--ownership-lease": "ownership follows node sessions now; --session-ttl (default "
+                         f"{_REGISTRY.session_ttl:g} s) sets the failover time",
+}
+
+
 def env_name(flag: str) -> str:
     return "ARCLY_" + flag.lstrip("-").upper().replace("-", "_")
 
@@ -227,6 +236,12 @@ def add_node_options(parser: argparse.ArgumentParser) -> None:
         else:
             parser.add_argument(flag, type=kind,  # type: ignore[arg-type]
                                 default=argparse.SUPPRESS, help=help_text)
+    _add_retired(parser)
+
+
+def _add_retired(parser: argparse.ArgumentParser) -> None:
+    for flag in _RETIRED:
+        parser.add_argument(flag, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def build_config(args: argparse.Namespace, env: Mapping[str, str] | None = None,
@@ -248,7 +263,10 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str] | None = None,
                 if parser is not None:
                     parser.error(message)
                 raise ValueError(message) from None
-    config = NodeConfig(**values)  # type: ignore[arg-type]
+    retired = tuple(
+        f"{flag} / {env_name(flag)} is ignored: {why}" for flag, why in _RETIRED.items()
+        if flag.lstrip("-").replace("-", "_") in given or env_name(flag) in env)
+    config = NodeConfig(**values, retired=retired)  # type: ignore[arg-type]
     if config.log_level not in LOG_LEVELS:
         message = f"log level {config.log_level!r} is not one of {', '.join(LOG_LEVELS)}"
         if parser is not None:

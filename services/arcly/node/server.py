@@ -272,7 +272,7 @@ async def run_node(role: str | NodeRole, config: NodeConfig,
     stop_registry = asyncio.Event()
     try:
         await _bind(handlers)
-        if node.registry is not None:
+        if node.registry is not None and node.registry.keeps_session:
             await _start_session(node.registry)
         reaper = engine.spawn_idle_reaper(min(5.0, (config.idle_timeout or 5.0) / 2), token)
         if node.registry is not None:
@@ -328,6 +328,8 @@ async def _serve(node: _Node, engine: Engine, handlers: Sequence[ProtocolHandler
              "loop=%s", node.role, node.identity["id"], config.rtmp_listen, config.http_listen,
              config.hls, config.record, config.idle_timeout,
              type(asyncio.get_running_loop()).__module__)
+    for notice in config.retired:
+        log.warning("%s", notice)
     if node.registry is None:
         await engine.serve_until_signal(handlers, token)
         return
@@ -380,8 +382,9 @@ class _Held:
             return None
         return time.time() - (self.engine.clock() - stream.last_frame_at)
 
-    def ownership_lost(self, key: StreamKey, reason: str) -> None:
-        task = asyncio.get_running_loop().create_task(self.engine.end_publish(key, reason))
+    def ownership_lost(self, key: StreamKey, token: int, reason: str) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self.engine.end_publish(key, reason, token=token))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -13,11 +13,17 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from arcly.cluster.cluster_view import ClusterView
 from arcly.cluster.model import NodeLoad, NodeRole, NodeState
 from arcly.cluster.node_registry import NodeRegistry
-from arcly.cluster.registry import RegistrySettings, RegistryUnavailable, safe_url
+from arcly.cluster.registry import (
+    RegistryEvent,
+    RegistrySettings,
+    RegistryUnavailable,
+    safe_url,
+)
 from arcly.engine import StreamBusy, StreamKey
 from tests.support.processes import RedisServer
 from tests.support.wait import eventually
@@ -38,7 +44,7 @@ class Held:
     def last_frame(self, key: StreamKey) -> float | None:
         return self.frames.get(key)
 
-    def ownership_lost(self, key: StreamKey, reason: str) -> None:
+    def ownership_lost(self, key: StreamKey, token: int, reason: str) -> None:
         self.lost.append((key, reason))
 
 
@@ -194,7 +200,7 @@ async def test_the_operator_releasing_a_key_ends_its_publish_on_the_owner(
         await eventually(subscribed)
         assert await view.force_release(KEY, "idle")
         await eventually(lambda: held.lost, message="the owner never heard")
-        assert held.lost == [(KEY, "ownership lost")]
+        assert held.lost == [(KEY, "released by the operator")]
         await second.claim(KEY)  # free for anyone else
         assert not await view.force_release(StreamKey("live", "nobody"), "idle")
     finally:
@@ -202,20 +208,174 @@ async def test_the_operator_releasing_a_key_ends_its_publish_on_the_owner(
         await asyncio.wait_for(running, 5)
 
 
-async def test_idle_streams_are_marked_once_and_unmarked_when_frames_return(
+async def test_the_operator_releases_only_the_claim_it_decided_on(
         nodes: tuple[NodeRegistry, NodeRegistry, ClusterView], raw: aioredis.Redis) -> None:
     first, _, view = nodes
+    held = Held()
+    first._streams = held
     await first.claim(KEY)
+    decided_on = (await view.owners())[KEY]
+    await first.release(KEY, decided_on.token)
+    token = await first.claim(KEY)  # the broadcaster came back meanwhile
+    assert not await view.force_release(KEY, "idle", decided_on), "a newer claim is kept"
+    assert (await view.owner(KEY)).token == token  # type: ignore[union-attr]
+    # A release event for an older token does not touch the newer claim either.
+    first._on_event(RegistryEvent("released", KEY, "operator", decided_on.token))
+    assert held.lost == []
+    assert await view.force_release(KEY, "idle", (await view.owners())[KEY])
+
+
+async def test_a_release_redis_did_not_take_is_retried_and_the_node_may_claim_again(
+        nodes: tuple[NodeRegistry, NodeRegistry, ClusterView], raw: aioredis.Redis,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    first, _, view = nodes
+    token = await first.claim(KEY)
+    release = first._release
+
+    async def unreachable(**_: object) -> int:
+        raise RedisConnectionError("connection reset")
+
+    monkeypatch.setattr(first, "_release", unreachable)
+    await first.release(KEY, token)  # Redis did not answer: the key still names our session
+    assert (await view.owner(KEY)).token == token  # type: ignore[union-attr]
+    again = await first.claim(KEY)  # our own leftover: granted again, at once
+    assert again > token
+    await first.release(KEY, again)
+    monkeypatch.setattr(first, "_release", release)
+    stop = asyncio.Event()
+    running = asyncio.create_task(first.run(stop, Held()))
+    try:  # the loop's next round releases it
+        await eventually(lambda: _is_none(view.owner(KEY)), message="never released")
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 5)
+
+
+async def _is_none(value: Any) -> bool:
+    return await value is None
+
+
+async def test_a_release_the_node_missed_is_caught_at_its_next_heartbeat(
+        nodes: tuple[NodeRegistry, NodeRegistry, ClusterView], raw: aioredis.Redis) -> None:
+    first, second, _ = nodes
+    held = Held()
+    first._streams = held
+    kept, gone, taken = StreamKey("live", "kept"), StreamKey("live", "gone"), KEY
+    for key in (kept, gone, taken):
+        await first.claim(key)
+    await raw.delete(first.keys.owner(gone))  # no event reached us (pub/sub reconnecting)
+    await raw.set(first.keys.owner(taken), f"o2|{10**13}|{second.session}")
+    await first.verify_held()
+    assert set(held.lost) == {(gone, "released by the operator"), (taken, "ownership lost")}
+    assert list(first._held) == [kept]
+
+
+async def test_two_processes_with_one_node_id_do_not_both_keep_a_session(
+        nodes: tuple[NodeRegistry, NodeRegistry, ClusterView], raw: aioredis.Redis) -> None:
+    first, _, _ = nodes
+    held = Held()
+    first._streams = held
+    await first.claim(KEY)
+    await raw.set(first.keys.session("o1"), "0123456789abcdef")  # another "o1" started
+    assert await first.renew_session(), "a PEXPIRE cannot tell whose session it extends ..."
+    await first.verify_held()  # ... the heartbeat's check can
+    assert held.lost == [(KEY, "session lost")] and not first.session
+
+
+async def test_a_session_is_lost_on_time_even_if_no_renewal_returns(
+        server: RedisServer, raw: aioredis.Redis) -> None:
+    node = NodeRegistry(RegistrySettings(url=server.url, session_ttl=0.4), node_id="o9",
+                        role=NodeRole.ORIGIN)
+    held = Held()
+    node._streams = held
+    try:
+        await node.start_session()
+        await node.claim(KEY)
+        # No renewal loop runs (as if every renewal hung in its socket): the session's own
+        # timer ends the publish at the TTL.
+        await eventually(lambda: held.lost, timeout=3, message="kept publishing")
+        assert held.lost == [(KEY, "session lost")] and not node.session
+    finally:
+        await node.close()
+
+
+async def test_restoring_after_data_loss_keeps_what_is_still_ours(
+        nodes: tuple[NodeRegistry, NodeRegistry, ClusterView], raw: aioredis.Redis) -> None:
+    first, _, _ = nodes
+    held = Held()
+    first._streams = held
+    token = await first.claim(KEY)
+    other = await first.claim(StreamKey("live", "other"))
+    await raw.delete(first.keys.session("o1"), first.keys.owner(StreamKey("live", "other")))
+    assert await first.renew_session(), "restored"
+    assert held.lost == [], "a key that still names us is not lost"
+    assert await raw.get(first.keys.owner(KEY)) == f"o1|{token}|{first.session}"
+    assert await raw.get(first.keys.owner(StreamKey("live", "other"))) == \
+        f"o1|{other}|{first.session}"
+
+
+async def test_an_origin_sweeps_what_dead_sessions_left_once_per_interval(
+        nodes: tuple[NodeRegistry, NodeRegistry, ClusterView], raw: aioredis.Redis) -> None:
+    first, second, view = nodes
+    dead = StreamKey("live", "dead")
+    token = await second.claim(dead)
+    await second.mark_idle(_Silent())
+    await first.claim(KEY)
+    await raw.zadd(first.keys.idle, {f"live/gone|{token}": 1.0})  # a claim that is over
+    await raw.delete(second.keys.session("o2"))  # o2 died (kill -9): its keys stay behind
+    assert await first.sweep() == 1
+    assert set(await view.owners()) == {KEY}
+    assert await raw.exists(first.keys.stream(dead)) == 0
+    assert await view.idle() == {}
+    await raw.set(second.keys.owner(dead), f"o2|{token}|{second.session}")
+    assert await first.sweep() == 0, "one sweep per interval"
+
+
+class _Silent(Held):
+    def last_frame(self, key: StreamKey) -> float | None:
+        return time.time() - 60
+
+
+async def test_edges_keep_no_session(server: RedisServer) -> None:
+    edge = NodeRegistry(RegistrySettings(url=server.url), node_id="e1", role=NodeRole.EDGE)
+    stop = asyncio.Event()
+    running = asyncio.create_task(edge.run(stop, Held()))
+    try:
+        await eventually(lambda: edge.node("e1"), message="no heartbeat")
+        assert not edge.session and not await edge.sessions({"e1"})
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 5)
+        await edge.deregister()
+        await edge.close()
+
+
+async def test_idle_streams_are_marked_once_and_unmarked_when_frames_return(
+        nodes: tuple[NodeRegistry, NodeRegistry, ClusterView], raw: aioredis.Redis) -> None:
+    first, second, view = nodes
+    token = await first.claim(KEY)
     held = Held()
     held.frames[KEY] = time.time()
     await first.mark_idle(held)
-    assert "idle_since" not in await raw.hgetall(first.keys.stream(KEY))
+    assert await view.idle() == {}
     held.frames[KEY] = time.time() - 60
     await first.mark_idle(held)
-    assert float((await view.stream_records([KEY]))[KEY]["idle_since"]) == held.frames[KEY]
+    await first.mark_idle(held)  # already marked: no second write
+    assert await view.idle() == {(KEY, token): held.frames[KEY]}
     held.frames[KEY] = time.time()
     await first.mark_idle(held)
-    assert "idle_since" not in await raw.hgetall(first.keys.stream(KEY))
+    assert await view.idle() == {}
+    # Released while idle: the mark goes with the claim; force-released: likewise.
+    held.frames[KEY] = time.time() - 60
+    await first.mark_idle(held)
+    await first.release(KEY, token)
+    assert await view.idle() == {}
+    token = await second.claim(KEY)
+    await second.mark_idle(held)
+    assert list(await view.idle()) == [(KEY, token)]
+    assert await view.force_release(KEY, "idle")
+    assert await view.idle() == {}
+    assert await raw.zcard(first.keys.idle) == 0
 
 
 async def test_stream_records_carry_relay_times_and_trace(

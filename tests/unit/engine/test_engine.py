@@ -8,6 +8,7 @@ import pytest
 
 from arcly.engine import (
     ArclyError,
+    CloseReason,
     Engine,
     EngineConfig,
     Frame,
@@ -300,6 +301,18 @@ async def test_pump_source_releases_the_slot_on_shutdown() -> None:
     token.cancel()
     await asyncio.wait_for(task, 5)
     assert engine.stream(KEY) is None
+
+
+async def test_ending_a_publish_by_token_spares_a_newer_publish_of_the_key() -> None:
+    engine = Engine()
+    old = await engine.start_publish(KEY)
+    old_token = old.token
+    await engine.end_publish(KEY, "unpublished")
+    new = await engine.start_publish(KEY)
+    # A late "that claim is lost" for the old token must not end the new publish.
+    assert not await engine.end_publish(KEY, CloseReason.OWNERSHIP_LOST, token=old_token)
+    assert not new.ended.cancelled and engine.stream(KEY) is not None
+    assert await engine.end_publish(KEY, CloseReason.OWNERSHIP_LOST, token=new.token)
 
 
 async def test_a_silent_publisher_is_replaced_by_a_reconnecting_one_a_live_one_is_not() -> None:

@@ -39,6 +39,16 @@ def test_booleans_and_off_values_parse_from_flags_and_env() -> None:
     assert load_config(["--rtmp-listen", "[::1]:0"], env={}).rtmp_listen == Address("::1", 0)
 
 
+def test_a_retired_flag_is_accepted_and_named_in_a_warning() -> None:
+    assert load_config([], env={}).retired == ()
+    for config in (load_config(["--ownership-lease", "10"], env={}),
+                   load_config([], env={"ARCLY_OWNERSHIP_LEASE": "10"})):
+        assert config.session_ttl == RegistrySettings().session_ttl
+        (notice,) = config.retired
+        assert notice.startswith("--ownership-lease / ARCLY_OWNERSHIP_LEASE is ignored")
+        assert "--session-ttl" in notice
+
+
 @pytest.mark.parametrize(("env", "message"), [
     ({"ARCLY_CHUNK_SIZE": "-1"}, "ARCLY_CHUNK_SIZE='-1': must be positive"),
     ({"ARCLY_RTMP_LISTEN": "nowhere"}, "is not HOST:PORT"),

@@ -36,10 +36,13 @@ def test_deletion_cost_orders_edges_by_load() -> None:
 
 def test_streams_to_reap_picks_orphans_and_idle_streams() -> None:
     live, idle, orphan = StreamKey("a", "live"), StreamKey("a", "idle"), StreamKey("a", "orphan")
-    owners = {live: "o1", idle: "o1", orphan: "o9"}
-    records = {live: {"idle_since": "995"}, idle: {"idle_since": "900"}, orphan: {}}
-    alive = {live: True, idle: True, orphan: False}  # o9's session lapsed
-    victims = decisions.streams_to_reap(owners, records, alive, now=1000, idle_timeout=30)
+    reclaimed = StreamKey("a", "reclaimed")
+    owners = {live: ("o1", 1), idle: ("o1", 2), orphan: ("o9", 3), reclaimed: ("o2", 5)}
+    # reclaimed went idle under token 4; its new claim (5) is not idle
+    marks = {(live, 1): 995.0, (idle, 2): 900.0, (reclaimed, 4): 900.0,
+             (StreamKey("a", "gone"), 6): 900.0}
+    alive = {live: True, idle: True, orphan: False, reclaimed: True}  # o9's session lapsed
+    victims = decisions.streams_to_reap(owners, marks, alive, now=1000, idle_timeout=30)
     assert [(v.key, v.kind) for v in victims] == [
         (idle, decisions.ReapKind.IDLE), (orphan, decisions.ReapKind.ORPHANED)]
     assert victims[1].reason == "orphaned: owner o9 is gone"

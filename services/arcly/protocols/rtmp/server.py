@@ -347,16 +347,12 @@ class _Session:
                                          "too many publishers on this node")
                 self.closing = "publish refused"
                 return
-            try:
-                handle = await self.registry.start_publish(key, protocol="rtmp", peer=self.peer)
-            except StreamBusy:
-                if grant is None or not grant.takeover:
-                    raise
-                # Only a credential the auth provider marked for takeover replaces a live
-                # publisher (hijack protection).
+            # Only a credential the auth provider marked for takeover replaces a live publisher
+            # (hijack protection); a silent one is replaced by any publish (engine).
+            if grant is not None and grant.takeover and \
+                    await self.registry.end_publish(key, CloseReason.TAKEN_OVER):
                 log.warning("publish takeover stream=%s peer=%s", key, self.peer)
-                await self.registry.end_publish(key, "taken over")
-                handle = await self.registry.start_publish(key, protocol="rtmp", peer=self.peer)
+            handle = await self.registry.start_publish(key, protocol="rtmp", peer=self.peer)
         except ArclyError as exc:
             code = ("NetStream.Publish.Unauthorized" if isinstance(exc, AuthError)
                     else "NetStream.Publish.BadName"
