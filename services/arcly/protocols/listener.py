@@ -231,3 +231,16 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(text).is_loopback
     except ValueError:
         return False
+
+
+class ListeningHandler:
+    """A protocol handler serving one ``Listener``: the node binds every listener before any
+    serves (a taken port is one clear error at start-up) and closes them if start-up fails."""
+
+    listener: Listener
+
+    async def bind(self) -> None:
+        await self.listener.bind()
+
+    async def close(self) -> None:
+        await self.listener.close()

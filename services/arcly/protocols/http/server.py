@@ -14,7 +14,14 @@ from typing import Any
 
 from arcly.engine import CloseReason, Engine, ProtocolError, PublishRegistry, ShutdownToken
 from arcly.hls.service import HlsService
-from arcly.protocols.listener import Admission, Listener, close_writer, peer_ip, peer_name
+from arcly.protocols.listener import (
+    Admission,
+    Listener,
+    ListeningHandler,
+    close_writer,
+    peer_ip,
+    peer_name,
+)
 
 from .api import ManagementApi
 from .exchange import Exchange, response
@@ -33,7 +40,7 @@ _PREFLIGHT = {"Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",
               "Access-Control-Allow-Headers": "*"}
 
 
-class HttpServer:
+class HttpServer(ListeningHandler):
     """HTTP-FLV, HLS, the management API, pages and probes on one listener."""
 
     name = "http"
@@ -69,12 +76,6 @@ class HttpServer:
         router.add("GET", "/static/{name}", serve_static)
         router.add("GET", "/play/{app}/{stream}", serve_player)
         return router
-
-    async def bind(self) -> None:
-        await self.listener.bind()
-
-    async def close(self) -> None:
-        await self.listener.close()
 
     async def run(self, registry: PublishRegistry, shutdown: ShutdownToken) -> None:
         async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -35,7 +35,13 @@ from arcly.engine import (
 )
 from arcly.media.flv import make_frame
 from arcly.protocols.egress import DEFAULT_COALESCE, deliver, limit_send_buffer
-from arcly.protocols.listener import Admission, Listener, close_writer, peer_name
+from arcly.protocols.listener import (
+    Admission,
+    Listener,
+    ListeningHandler,
+    close_writer,
+    peer_name,
+)
 
 from .chunk import DEFAULT_MAX_MESSAGE_SIZE
 from .connection import OUT_CHUNK_SIZE, RtmpConnection, State, media_chunks
@@ -68,7 +74,7 @@ class RtmpSettings:
     write_coalesce: float = DEFAULT_COALESCE  # 0: write every frame the moment it arrives
 
 
-class RtmpServer:
+class RtmpServer(ListeningHandler):
     """Listens for RTMP publishers and players."""
 
     name = "rtmp"
@@ -83,12 +89,6 @@ class RtmpServer:
                                  read_limit=self.settings.read_size,
                                  backlog=self.admission.limits.listen_backlog)
         self._sessions: set[_Session] = set()
-
-    async def bind(self) -> None:
-        await self.listener.bind()
-
-    async def close(self) -> None:
-        await self.listener.close()
 
     async def run(self, registry: PublishRegistry, shutdown: ShutdownToken) -> None:
         async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
