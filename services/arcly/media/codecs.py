@@ -4,7 +4,7 @@ and the conversions MPEG-TS needs (length-prefixed NAL units → Annex-B, raw AA
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from arcly.engine.errors import ProtocolError
 
@@ -57,11 +57,15 @@ def _s24(raw: bytes) -> int:
 
 @dataclass(frozen=True, slots=True)
 class VideoConfig:
-    """Parameter sets (SPS/PPS, plus VPS for HEVC) and the NAL length size of a stream."""
+    """Parameter sets (SPS/PPS, plus VPS for HEVC) and the NAL length size of a stream.
+
+    ``record`` is the decoder configuration record they came from, verbatim: fMP4 carries it
+    as the ``avcC``/``hvcC`` box. Equality ignores it (the fields above are what it says)."""
 
     codec: str
     parameter_sets: tuple[bytes, ...]
     nal_length_size: int
+    record: bytes = field(default=b"", compare=False, repr=False)
 
     def annexb_parameter_sets(self) -> bytes:
         return b"".join(START_CODE + ps for ps in self.parameter_sets)
@@ -87,7 +91,7 @@ def parse_avc_config(record: bytes) -> VideoConfig:
             pos += 2 + size
             if pos > len(record):
                 raise ProtocolError("AVC configuration record truncated")
-    return VideoConfig(H264, tuple(sets), nal_length_size)
+    return VideoConfig(H264, tuple(sets), nal_length_size, bytes(record))
 
 
 def parse_hevc_config(record: bytes) -> VideoConfig:
@@ -111,7 +115,7 @@ def parse_hevc_config(record: bytes) -> VideoConfig:
                 raise ProtocolError("HEVC configuration record truncated")
             sets.append(record[pos + 2:pos + 2 + size])
             pos += 2 + size
-    return VideoConfig(HEVC, tuple(sets), nal_length_size)
+    return VideoConfig(HEVC, tuple(sets), nal_length_size, bytes(record))
 
 
 def parse_video_config(packet: VideoPacket) -> VideoConfig | None:
@@ -147,11 +151,25 @@ def to_annexb(data: bytes, config: VideoConfig, *, keyframe: bool) -> bytes:
     return b"".join(out)
 
 
+# Sampling frequencies by samplingFrequencyIndex (ISO 14496-3 §1.6.3.3).
+AAC_SAMPLE_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000,
+                    11025, 8000, 7350)
+
+
 @dataclass(frozen=True, slots=True)
 class AacConfig:
+    """The AudioSpecificConfig fields we use; ``asc`` is the config itself, verbatim (fMP4
+    carries it in ``esds``). Equality ignores ``asc`` (the fields are what it says)."""
+
     object_type: int
     frequency_index: int
     channels: int
+    asc: bytes = field(default=b"", compare=False, repr=False)
+
+    @property
+    def sample_rate(self) -> int:
+        """The (core) sampling rate in Hz: one AAC frame is 1024 samples at this rate."""
+        return AAC_SAMPLE_RATES[self.frequency_index]
 
     def adts_header(self, payload_len: int) -> bytes:
         """The 7-byte ADTS header for one raw AAC frame (ISO 14496-3 §1.A.2)."""
@@ -189,4 +207,4 @@ def parse_aac_config(asc: bytes) -> AacConfig:
     channels = (bits >> (shift - 4)) & 0x0F
     if frequency_index > 12:
         raise ProtocolError(f"AAC sampling frequency index {frequency_index} is reserved")
-    return AacConfig(object_type, frequency_index, channels)
+    return AacConfig(object_type, frequency_index, channels, bytes(asc))

@@ -342,3 +342,24 @@ def test_he_aac_is_signalled_implicitly_as_aac_lc_in_adts(asc: bytes) -> None:
     header = parse_aac_config(asc).adts_header(100)
     assert read_adts(header)["profile"] == 1, "ADTS profile 1 = AAC-LC, SBR implicit"
 
+
+
+# -- raw configuration bytes (fMP4 carries them verbatim) ---------------------------------------
+
+
+def test_parsed_configs_keep_the_record_and_asc_verbatim_outside_equality() -> None:
+    avc = parse_avc_config(BASELINE_640X360_TAG[5:])
+    assert avc.record == BASELINE_640X360_TAG[5:]
+    assert parse_hevc_config(HEVC_RECORD).record == HEVC_RECORD
+    assert parse_aac_config(b"\x12\x10").asc == b"\x12\x10"
+    assert avc == VideoConfig(H264, (BASELINE_SPS, BASELINE_PPS), 4), "equality ignores record"
+    assert parse_aac_config(b"\x12\x10") == AacConfig(2, 4, 2), "equality ignores asc"
+
+
+@pytest.mark.parametrize("asc,rate", [
+    (b"\x12\x10", 44100), (b"\x11\x90", 48000), (b"\x13\x90", 22050),
+    (b"\x2b\x11\x88\x00", 24000),  # HE-AAC: the core rate, at which a frame is 1024 samples
+    (asc_bits((2, 5), (0, 4), (2, 4)), 96000), (asc_bits((2, 5), (12, 4), (1, 4)), 7350),
+])
+def test_aac_sample_rate_comes_from_the_frequency_index(asc: bytes, rate: int) -> None:
+    assert parse_aac_config(asc).sample_rate == rate
