@@ -19,7 +19,7 @@ STATIC := services/arcly/protocols/http/static
 PROTOS := protos/arcly/relay/v1/relay.proto
 
 .PHONY: run test lint fmt clean venv deps tools static browser prometheus proto proto-check bench bench-relay \
-        chart-lint image fuzz bench-observer bench-peers bench-streaming bench-registry
+        chart-lint image fuzz bench-observer bench-peers bench-streaming bench-registry bench-llhls
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -115,7 +115,7 @@ fuzz: $(STAMP_DEV)
 	done
 
 ## Benchmarks (never part of 'make test'): results in bench/results/.
-bench: bench-streaming bench-relay bench-observer bench-registry
+bench: bench-streaming bench-relay bench-observer bench-registry bench-llhls
 
 ## The peers of the fan-out/ingest benchmark: nginx-rtmp (Debian) and node-media-server (npm).
 NMS_DIR := build/bench/nms
@@ -143,6 +143,9 @@ bench-observer: $(STAMP_DEV)
 
 bench-registry: $(STAMP_DEV)
 	$(PY) bench/registry.py $(BENCH_REGISTRY_ARGS)
+
+bench-llhls: tools
+	$(PY) bench/llhls.py $(BENCH_LLHLS_ARGS)
 
 lint: $(STAMP_DEV) proto-check
 	$(BIN)/ruff check services tests bench operator

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 import time
@@ -205,9 +206,13 @@ def test_static_keys_guard_publish_play_flv_and_hls(secured: Node, source_flv: P
     assert http_status(f"{base}/index.m3u8") == 403
     with urllib.request.urlopen(f"{base}/index.m3u8?key=vk", timeout=20) as resp:
         playlist = resp.read().decode()
-    segment = next(line for line in playlist.splitlines() if line.endswith("?key=vk"))
-    assert http_status(f"{base}/{segment}") == 200
-    assert http_status(f"{base}/{segment.split('?')[0]}") == 403
+    # Every URI the playlist names (init segment, parts, segments) carries the credentials.
+    named = re.findall(r'URI="([^"]+)"|^([^#\s]\S*)$', playlist, re.MULTILINE)
+    uris = [quoted or bare for quoted, bare in named]
+    assert uris and all(uri.endswith("?key=vk") for uri in uris)
+    for uri in uris[:3]:
+        assert http_status(f"{base}/{uri}") == 200
+        assert http_status(f"{base}/{uri.split('?')[0]}") == 403
     # Hijack protection: a second publisher with a plain key is refused, a takeover key wins.
     assert publish_status(secured, "static", "cam?key=pk") == "NetStream.Publish.BadName"
     assert publish_status(secured, "static", "cam?key=boss") == "NetStream.Publish.Start"

@@ -1,4 +1,5 @@
-"""HLS from a real node: ffprobe/ffmpeg read it, playlists follow RFC 8216, segments are sane."""
+"""MPEG-TS HLS from a real node: ffprobe/ffmpeg read it, playlists follow RFC 8216, segments
+are sane."""
 
 from __future__ import annotations
 
@@ -29,8 +30,9 @@ def fetch(url: str) -> tuple[int, dict[str, str], bytes]:
 
 
 def test_hls_plays_in_ffmpeg_and_follows_the_rules(
-        node: Node, publish: Callable[[Node, str], FfmpegPublisher], ffmpeg: str,
-        ffprobe: str, tmp_path: Path) -> None:
+        node_factory: Callable[..., Node], publish: Callable[[Node, str], FfmpegPublisher],
+        ffmpeg: str, ffprobe: str, tmp_path: Path) -> None:
+    node = node_factory("--hls-variant", "mpegts")  # Low-Latency: test_llhls.py
     publisher = publish(node, "live/hls")
     base = f"http://127.0.0.1:{node.http}/live/hls"
     started = time.monotonic()

@@ -54,10 +54,11 @@ def recorded_at_least(folder: Path, seconds: float) -> None:
     wait_until(long_enough, timeout=seconds + 20, message=f"no {seconds} s recording")
 
 
+@pytest.mark.parametrize("variant", ["lowlatency", "mpegts"])
 def test_ten_second_publish_records_a_playable_flv_and_hls_vod(
-        node_factory: Callable[..., Node], ffmpeg: str, ffprobe: str, source_flv: Path,
-        tmp_path: Path) -> None:
-    node = node_factory("--record", str(tmp_path), "--record-hls")
+        variant: str, node_factory: Callable[..., Node], ffmpeg: str, ffprobe: str,
+        source_flv: Path, tmp_path: Path) -> None:
+    node = node_factory("--record", str(tmp_path), "--record-hls", "--hls-variant", variant)
     pub = FfmpegPublisher(ffmpeg, source_flv, f"rtmp://127.0.0.1:{node.rtmp}/live/tenner",
                           seconds=10)
     assert pub.proc.wait(60) == 0
@@ -74,6 +75,12 @@ def test_ten_second_publish_records_a_playable_flv_and_hls_vod(
     assert abs(sum(s.duration for s in playlist.segments) - 10.0) <= 0.5
     vod_seconds, vod_errors = decoded_seconds(ffmpeg, playlist_path)
     assert vod_errors == "" and vod_seconds >= 9.5
+    if variant == "mpegts":
+        assert {s.uri.rsplit(".", 1)[1] for s in playlist.segments} == {"ts"}
+    else:  # fMP4 VOD: an init segment, then .m4s segments
+        assert playlist.segment_map and (playlist_path.parent / playlist.segment_map[0].uri
+                                         ).read_bytes()[4:8] == b"ftyp"
+        assert {s.uri.rsplit(".", 1)[1] for s in playlist.segments} == {"m4s"}
 
 
 def test_sigterm_mid_publish_finalizes_the_recording(

@@ -132,6 +132,8 @@ app.kubernetes.io/component: {{ .component }}
 - --idle-timeout={{ $v.operator.idleTimeout }}
 - --drain-timeout={{ .values.drainTimeout }}
 {{- if $v.hls.enabled }}
+- --hls-variant={{ $v.hls.variant }}
+- --hls-part-ms={{ $v.hls.partMs }}
 - --hls-segment-seconds={{ $v.hls.segmentSeconds }}
 - --hls-window={{ $v.hls.window }}
 {{- else }}

@@ -196,8 +196,9 @@ class RelaySource:
                 self.upstream.lag_ms = self.lag_ms
             mark = None
             if frame.HasField("mark"):
-                mark = SegmentMark(frame.mark.sequence, frame.mark.discontinuity,
-                                   frame.mark.start, frame.mark.session)
+                m = frame.mark  # (from an origin without parts: part 0 of every segment)
+                mark = SegmentMark(m.sequence, m.discontinuity, m.start, m.session, m.part,
+                                   m.part_start, m.independent or m.part == 0)
             return Frame(FrameKind(frame.kind), frame.timestamp, frame.payload,
                          keyframe=frame.keyframe, config=frame.config, mark=mark)
 

@@ -84,6 +84,9 @@ def encode_frame(frame: Frame, token: int) -> bytes:
             message.mark.discontinuity = mark.discontinuity
             message.mark.start = mark.start
             message.mark.session = mark.session
+            message.mark.part = mark.part
+            message.mark.part_start = mark.part_start
+            message.mark.independent = mark.independent
         data = pb.RelayMessage(frame=message).SerializeToString()
         frame.encodings["relay"] = data
     return data

@@ -17,6 +17,8 @@ class EngineConfig:
     ``viewer_skip_window`` seconds disconnect it.
     ``shutdown_grace``: seconds handlers get to wind down after shutdown before being cancelled.
     ``segment_target``: seconds; the stream's segment timeline (HLS) groups GOPs to about this.
+    ``part_target``: seconds; segments are cut into parts of at most this (Low-Latency HLS);
+    0: no parts.
     ``upstream_linger``: seconds a stream pulled from an ``Upstream`` stays open after its last
     subscriber left (a viewer hopping back does not pay for a new upstream).
     ``stale_publisher``: a new publish of a key whose publisher has sent nothing for this many
@@ -33,6 +35,7 @@ class EngineConfig:
     viewer_skip_window: float = 30.0
     shutdown_grace: float = 25.0
     segment_target: float = 2.0
+    part_target: float = 0.2
     upstream_linger: float = 5.0
     stale_publisher: float | None = 2.0
 
@@ -41,6 +44,8 @@ class EngineConfig:
             raise ValueError("idle_timeout must be positive or None")
         if self.segment_target <= 0:
             raise ValueError("segment_target must be positive")
+        if not 0 <= self.part_target <= self.segment_target:
+            raise ValueError("part_target must be between 0 and segment_target")
         for name in ("gop_max_frames", "gop_max_bytes", "viewer_backlog_frames",
                      "viewer_backlog_bytes", "viewer_max_skips"):
             if getattr(self, name) <= 0:

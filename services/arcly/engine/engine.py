@@ -101,7 +101,8 @@ class Engine:
         stream = Stream(key, protocol=protocol, peer=peer, token=token, config=self.config,
                         observer=self.observer, clock=self.clock,
                         timeline=Timeline(self._timeline_state(key), session=token,
-                                          target_ms=int(self.config.segment_target * 1000)))
+                                          target_ms=int(self.config.segment_target * 1000),
+                                          part_ms=int(self.config.part_target * 1000)))
         self._streams[key] = stream
         self.observer.on_publish_start(key, protocol, peer)
         return PublishHandle(stream)

@@ -6,9 +6,17 @@ needs the stream's whole history, which only the publishing node has — so it d
 decision travels with the frames: every frame carries the ``SegmentMark`` of the segment it
 belongs to (one shared object per segment, no per-frame allocation).
 
+Segments are cut into *parts* the same way (Low-Latency HLS serves them while the segment
+grows): each frame's mark also names its part, so every node cuts identical parts too.
+
 Rules (pure functions of the frames of the publish sessions of a key):
 - a segment starts at a video keyframe, the first one at least ``0.75 x target`` after the
   start of the current segment (so segments stay within ``target + one GOP``);
+- a segment starts with part 0; a frame starts the next part when the part would otherwise
+  outgrow the part target (its time since the part's start plus the largest recent gap between
+  frames exceeds it: parts stay within the target, which LL-HLS requires), when it is a video
+  keyframe at least half a part target into the part (a part a player can start from), or when
+  its timestamp jumped;
 - a timestamp jump (backwards, or forwards by more than ``jump_ms``) or a new publish session
   starts a new segment with the next discontinuity sequence number;
 - sequence numbers continue across republishes of the same key.
@@ -23,13 +31,22 @@ from .frame import Frame, FrameKind
 
 @dataclass(frozen=True, slots=True)
 class SegmentMark:
-    """Which segment a frame belongs to. ``start`` is the timestamp of the segment's keyframe,
-    so a late joiner can tell whether it saw the segment from its start."""
+    """Which segment (and part of it) a frame belongs to. ``start`` is the timestamp of the
+    segment's keyframe, so a late joiner can tell whether it saw the segment from its start;
+    ``part_start`` the timestamp of the part's first frame; ``independent``: the part starts
+    with a video keyframe. One object per part, shared by its frames."""
 
     sequence: int
     discontinuity: int
     start: int
     session: int
+    part: int = 0
+    part_start: int = 0
+    independent: bool = True
+
+    def __post_init__(self) -> None:
+        if self.part == 0 and self.part_start == 0:  # part 0 starts with its segment
+            object.__setattr__(self, "part_start", self.start)
 
 
 @dataclass(slots=True)
@@ -45,20 +62,24 @@ class Timeline:
 
     __slots__ = (
         "_first",
+        "_gap",
         "_jump_ms",
         "_jumped",
         "_last_ts",
         "_mark",
+        "_part_ms",
         "_session",
         "_state",
         "_target_ms",
     )
 
     def __init__(self, state: TimelineState, *, session: int, target_ms: int,
-                 jump_ms: int = 10_000) -> None:
+                 part_ms: int = 0, jump_ms: int = 10_000) -> None:
         self._state = state
         self._session = session
         self._target_ms = target_ms
+        self._part_ms = part_ms  # 0: no parts (one part per segment)
+        self._gap = 0  # the largest recent gap between frames (ms), decaying by 1 per frame
         self._jump_ms = jump_ms
         self._mark: SegmentMark | None = None
         self._last_ts: int | None = None
@@ -71,24 +92,40 @@ class Timeline:
 
     def mark(self, frame: Frame) -> SegmentMark | None:
         """The mark for ``frame`` (advancing the timeline at keyframes)."""
+        if frame.config:
+            return self._mark
         ts = frame.timestamp
         last = self._last_ts
-        if not frame.config:
-            if last is not None and (ts < last - 1000 or ts - last > self._jump_ms):
-                self._jumped = True
-            self._last_ts = ts
-        if frame.kind is FrameKind.VIDEO and frame.keyframe and not frame.config:
-            mark = self._mark
-            if mark is None or self._jumped or ts - mark.start >= self._target_ms * 3 // 4:
-                self._open(ts, discontinuity=self._jumped or (self._first and
-                                                              self._state.next_sequence > 0))
+        jump = False
+        if last is not None:
+            if ts < last - 1000 or ts - last > self._jump_ms:
+                self._jumped = jump = True
+            elif self._part_ms:
+                self._gap = max(min(ts - last, self._part_ms // 2), self._gap - 1, 0)
+        self._last_ts = ts
+        key = frame.kind is FrameKind.VIDEO and frame.keyframe
+        mark = self._mark
+        if key and (mark is None or self._jumped or ts - mark.start >= self._target_ms * 3 // 4):
+            self._open(ts, discontinuity=self._jumped or (self._first and
+                                                          self._state.next_sequence > 0))
+        elif mark is not None and self._part_ms and (jump or self._part_full(mark, ts, key)):
+            self._mark = SegmentMark(mark.sequence, mark.discontinuity, mark.start,
+                                     mark.session, mark.part + 1, ts, key)
         return self._mark
+
+    def _part_full(self, mark: SegmentMark, ts: int, key: bool) -> bool:
+        """Whether a frame at ``ts`` starts the next part (see the rules above)."""
+        into = ts - mark.part_start
+        if into <= 0:
+            return False
+        return into + self._gap > self._part_ms or (key and 2 * into >= self._part_ms)
 
     def _open(self, ts: int, *, discontinuity: bool) -> None:
         state = self._state
         if discontinuity:
             state.discontinuity += 1
-        self._mark = SegmentMark(state.next_sequence, state.discontinuity, ts, self._session)
+        self._mark = SegmentMark(state.next_sequence, state.discontinuity, ts, self._session,
+                                 0, ts, True)
         state.next_sequence += 1
         self._jumped = False
         self._first = False

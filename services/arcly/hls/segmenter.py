@@ -10,7 +10,7 @@ start the segmenter did not see is skipped, never served partially.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from arcly.engine import Frame, FrameKind, ProtocolError, SegmentMark
 from arcly.media import codecs
@@ -20,17 +20,40 @@ log = logging.getLogger("arcly.hls")
 
 
 @dataclass(frozen=True, slots=True)
+class Part:
+    """A part of a segment (Low-Latency HLS, fMP4 only): one ``moof`` + ``mdat``."""
+
+    sequence: int
+    index: int
+    session: int
+    start: int
+    duration: float
+    independent: bool
+    data: bytes = field(repr=False)
+
+    @property
+    def uri(self) -> str:
+        return f"{self.session}-{self.sequence}.{self.index}.m4s"
+
+
+@dataclass(frozen=True, slots=True)
 class Segment:
+    """A media segment: MPEG-TS (``ext`` "ts"), or fMP4 (``m4s``: its ``parts`` back to back,
+    decoded with the init segment named ``init``)."""
+
     sequence: int
     discontinuity: int
     session: int
     start: int
     duration: float
-    data: bytes
+    data: bytes = field(repr=False)
+    ext: str = "ts"
+    init: str = ""
+    parts: tuple[Part, ...] = ()
 
     @property
     def uri(self) -> str:
-        return f"{self.session}-{self.sequence}.ts"
+        return f"{self.session}-{self.sequence}.{self.ext}"
 
 
 class _Open:

@@ -17,7 +17,7 @@ from arcly.cluster.registry import RegistrySettings
 from arcly.cluster.relay_client import EdgeSettings
 from arcly.cluster.relay_server import RelaySettings
 from arcly.engine import EngineConfig
-from arcly.hls.service import HlsSettings
+from arcly.hls.service import HlsSettings, HlsVariant
 from arcly.protocols.egress import DEFAULT_COALESCE
 from arcly.protocols.listener import Limits
 from arcly.protocols.rtmp import RtmpSettings
@@ -72,6 +72,8 @@ class NodeConfig:
     viewer_backlog_bytes: int = _ENGINE.viewer_backlog_bytes
     hls: bool = True
     hls_segment_seconds: float = _HLS.segment_seconds
+    hls_variant: HlsVariant = _HLS.variant
+    hls_part_ms: float = round(_HLS.part_seconds * 1000)
     hls_window: int = _HLS.window
     hls_on_publish: bool = _HLS.on_publish
     record: str | None = None
@@ -142,6 +144,21 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _hls_variant(text: str) -> HlsVariant:
+    try:
+        return HlsVariant(text.strip().lower())
+    except ValueError:
+        choices = ", ".join(v.value for v in HlsVariant)
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {choices}") from None
+
+
+def _part_ms(text: str) -> float:
+    value = float(text)
+    if not 50 <= value <= 5000:
+        raise argparse.ArgumentTypeError("must be between 50 and 5000 (ms)")
+    return value
+
+
 def _bool(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -166,11 +183,17 @@ _OPTIONS: list[tuple[str, object, str]] = [
      "per-viewer backlog cap before skipping to the next keyframe, in bytes"),
     ("--hls", _bool, "serve HLS at /{app}/{stream}/index.m3u8 (--no-hls to turn off)"),
     ("--hls-segment-seconds", _positive_float, "HLS target segment duration, seconds"),
+    ("--hls-variant", _hls_variant,
+     "HLS flavour: lowlatency (fMP4 parts, LL-HLS: ~1-2 s in hls.js/Safari), fmp4 (fMP4 "
+     "segments) or mpegts (TS segments: any player, even pre-2016 devices)"),
+    ("--hls-part-ms", _part_ms,
+     "LL-HLS part target, ms (every node cuts parts; lowlatency serves them)"),
     ("--hls-window", _positive_int, "segments in the live HLS playlist"),
     ("--hls-on-publish", _bool,
      "segment every stream from its first frame, not from the first HLS request"),
     ("--record", str, "record every stream as FLV under this directory (off when unset)"),
-    ("--record-hls", _bool, "also record HLS VOD (TS segments + playlist) next to the FLV"),
+    ("--record-hls", _bool, "also record HLS VOD next to the FLV (fMP4, or TS with "
+     "--hls-variant mpegts)"),
     ("--grpc-listen", _address, "origin: relay gRPC listen address HOST:PORT"),
     ("--advertise-address", str,
      "origin: HOST:PORT edges dial for the relay (default: the gRPC listen address)"),
@@ -267,8 +290,13 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str] | None = None,
         f"{flag} / {env_name(flag)} is ignored: {why}" for flag, why in _RETIRED.items()
         if flag.lstrip("-").replace("-", "_") in given or env_name(flag) in env)
     config = NodeConfig(**values, retired=retired)  # type: ignore[arg-type]
+    message = ""
     if config.log_level not in LOG_LEVELS:
         message = f"log level {config.log_level!r} is not one of {', '.join(LOG_LEVELS)}"
+    elif config.hls_part_ms > config.hls_segment_seconds * 1000:
+        message = (f"--hls-part-ms {config.hls_part_ms:g} is longer than the segment target "
+                   f"(--hls-segment-seconds {config.hls_segment_seconds:g})")
+    if message:
         if parser is not None:
             parser.error(message)
         raise ValueError(message)

@@ -49,7 +49,7 @@ from arcly.engine import (
     StreamKey,
     Upstream,
 )
-from arcly.hls.service import HlsService, HlsSettings
+from arcly.hls.service import HlsService, HlsSettings, HlsVariant
 from arcly.observe import CompositeObserver, LoggingObserver, otel, sdk, tracing
 from arcly.protocols.http import HttpServer, HttpSettings, MetricsServer
 from arcly.protocols.listener import Admission, Limits, is_loopback
@@ -68,6 +68,7 @@ def engine_config(config: NodeConfig) -> EngineConfig:
         gop_max_bytes=config.gop_max_bytes,
         viewer_backlog_bytes=config.viewer_backlog_bytes,
         segment_target=config.hls_segment_seconds,
+        part_target=config.hls_part_ms / 1000,
         upstream_linger=config.edge_linger,
     )
 
@@ -149,12 +150,15 @@ def _observers(node: _Node, extra: Sequence[Observer], telemetry: bool) -> list[
     observers: list[Observer] = [LoggingObserver()]
     if config.hls:
         node.hls = HlsService(HlsSettings(segment_seconds=config.hls_segment_seconds,
+                                          part_seconds=config.hls_part_ms / 1000,
                                           window=config.hls_window,
-                                          on_publish=config.hls_on_publish))
+                                          on_publish=config.hls_on_publish,
+                                          variant=config.hls_variant))
         observers.append(node.hls)
     if config.record and node.role.takes_publishers:
         node.recorder = RecordingManager(FilesystemStorage(config.record), RecordSettings(
-            hls=config.record_hls, segment_seconds=config.hls_segment_seconds))
+            hls=config.record_hls, segment_seconds=config.hls_segment_seconds,
+            fmp4=config.hls_variant is not HlsVariant.MPEGTS))
         observers.append(node.recorder)
     observers += node.webhooks  # on_publish_done / on_play_done
     if telemetry:

@@ -11,6 +11,7 @@ FLV is append-only, so a crash leaves a file readable up to the last complete ta
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import struct
 import time
@@ -34,8 +35,9 @@ from arcly.engine import (
     StreamNotFound,
     Subscription,
 )
+from arcly.hls.cmaf import CmafSegmenter
 from arcly.hls.playlist import render_playlist
-from arcly.hls.segmenter import Segment, Segmenter
+from arcly.hls.segmenter import Part, Segment, Segmenter
 from arcly.media import amf0, flv
 
 log = logging.getLogger("arcly.recording")
@@ -45,6 +47,7 @@ _F64 = struct.Struct(">d")
 @dataclass(frozen=True, slots=True)
 class RecordSettings:
     hls: bool = False
+    fmp4: bool = False  # HLS VOD as fMP4 (init + .m4s) instead of MPEG-TS
     max_pending_bytes: int = 32 * 1024 * 1024
     finalize_timeout: float = 15.0
     segment_seconds: float = EngineConfig().segment_target  # HLS VOD: the kernel's grouping
@@ -87,7 +90,10 @@ class Recorder:
         self._last_ts = 0
         self._last_delta = 0
         self._dropping = False
-        self._segmenter = Segmenter() if settings.hls else None
+        self._segmenter: Segmenter | CmafSegmenter | None = None
+        if settings.hls:
+            self._segmenter = CmafSegmenter() if settings.fmp4 else Segmenter()
+        self._inits_written: set[str] = set()
         self._segments: list[Segment] = []
         self._hls_gap = False
 
@@ -155,9 +161,7 @@ class Recorder:
                      (header, frame.payload, trailer))
         self.written += len(frame.payload) + 15
         if self._segmenter is not None:
-            done = self._segmenter.feed(frame)
-            if done is not None:
-                self._write_segment(done)
+            self._segments_done(self._segmenter.feed(frame))
 
     def _open(self, first: Frame) -> None:
         publisher: dict[str, Any] = {}
@@ -174,6 +178,11 @@ class Recorder:
         self._submit(len(head), _write_all, self._flv, (head,))
         self.written += len(head)
 
+    def _segments_done(self, done: Segment | list[Part | Segment] | None) -> None:
+        for item in done if isinstance(done, list) else [done] if done is not None else []:
+            if isinstance(item, Segment):
+                self._write_segment(item)
+
     def _write_segment(self, segment: Segment) -> None:
         if self.pending > self.settings.max_pending_bytes:
             self.dropped_segments += 1
@@ -182,29 +191,31 @@ class Recorder:
                         self.sub.key, segment.sequence)
             return
         if self._hls_gap:  # mark the hole for players
-            segment = Segment(segment.sequence, segment.discontinuity + 1, segment.session,
-                              segment.start, segment.duration, segment.data)
+            segment = dataclasses.replace(segment, discontinuity=segment.discontinuity + 1)
             self._hls_gap = False
+        if segment.init and segment.init not in self._inits_written:
+            init = self._segmenter.init_segment(segment.init) \
+                if isinstance(self._segmenter, CmafSegmenter) else None
+            if init is not None:
+                self._inits_written.add(segment.init)
+                self._submit(len(init), _write_file, self.storage,
+                             f"{self.base}/{segment.init}", init, False)
         self._segments.append(segment)
         name = f"{self.base}/{segment.uri}"
         self._submit(len(segment.data), _write_file, self.storage, name, segment.data, False)
         playlist = render_playlist(self._segments, target=self.settings.segment_seconds,
-                                   ended=False).replace(
-            "#EXT-X-VERSION:3", "#EXT-X-VERSION:3\n#EXT-X-PLAYLIST-TYPE:EVENT")
+                                   ended=False, playlist_type="EVENT")
         self._submit(len(playlist), _write_file, self.storage, f"{self.base}/index.m3u8",
                      playlist.encode(), False)
 
     async def _finalize(self) -> None:
         try:
             if self._segmenter is not None:
-                last = self._segmenter.finish()
-                if last is not None:
-                    self._write_segment(last)
+                self._segments_done(self._segmenter.finish())
                 if self._segments:
                     playlist = render_playlist(self._segments,
                                                target=self.settings.segment_seconds,
-                                               ended=True).replace(
-                        "#EXT-X-VERSION:3", "#EXT-X-VERSION:3\n#EXT-X-PLAYLIST-TYPE:VOD")
+                                               ended=True, playlist_type="VOD")
                     self._submit(len(playlist), _write_file, self.storage,
                                  f"{self.base}/index.m3u8", playlist.encode(), True)
             duration = (self._last_ts + self._last_delta) / 1000

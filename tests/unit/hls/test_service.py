@@ -5,9 +5,10 @@ forgotten ``linger`` seconds after nobody needs them."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import struct
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import m3u8
 import pytest
@@ -21,9 +22,11 @@ from arcly.engine import (
     SegmentMark,
     ShutdownToken,
     StreamKey,
+    Subscription,
 )
-from arcly.hls import Segmenter
-from arcly.hls.service import HlsService, HlsSettings
+from arcly.hls import Segment, Segmenter
+from arcly.hls.cmaf import CmafSegmenter
+from arcly.hls.service import HlsService, HlsSettings, HlsVariant
 from arcly.media.flv import make_frame
 from tests.support.wait import eventually
 
@@ -38,9 +41,21 @@ FPS = 10
 GOP_MS = 2000  # one keyframe per segment target: every GOP is a segment
 
 
+VARIANT = [HlsVariant.MPEGTS]
+
+
+@pytest.fixture(autouse=True, params=[HlsVariant.MPEGTS, HlsVariant.LOWLATENCY])
+def variant(request: pytest.FixtureRequest) -> Iterator[HlsVariant]:
+    """Every test here runs with TS segments and with Low-Latency fMP4 parts."""
+    VARIANT[0] = request.param
+    yield request.param
+    VARIANT[0] = HlsVariant.MPEGTS
+
+
 def new_service(settings: HlsSettings | None = None) -> HlsService:
     """The one place that constructs the service (its registry arrives with ``run``)."""
-    return HlsService(settings or HlsSettings(segment_seconds=2.0))
+    return HlsService(dataclasses.replace(settings or HlsSettings(segment_seconds=2.0),
+                                          variant=VARIANT[0]))
 
 
 Serve = Callable[..., Awaitable[tuple[Engine, HlsService]]]
@@ -111,11 +126,20 @@ async def playlist_with(service: HlsService, count: int, *, ended: bool = False,
     while True:
         text = await service.playlist(key)
         parsed = m3u8.loads(text) if text else None
-        if parsed and len(parsed.segments) == count and parsed.is_endlist == ended:
+        if parsed and len(complete(parsed)) == count and parsed.is_endlist == ended:
             return parsed
         if time.monotonic() > deadline:
             raise AssertionError(f"playlist never had {count} segments (ended={ended}):\n{text}")
         await asyncio.sleep(0.005)
+
+
+def ext() -> str:
+    return "ts" if VARIANT[0] is HlsVariant.MPEGTS else "m4s"
+
+
+def complete(playlist: m3u8.M3U8) -> list[m3u8.Segment]:
+    """The playlist's whole segments (not the parts of the one being cut, LL-HLS)."""
+    return [s for s in playlist.segments if s.uri]
 
 
 async def segmenting(engine: Engine, key: StreamKey = KEY) -> None:
@@ -134,13 +158,13 @@ async def test_playlist_lists_completed_segments_then_the_end(serve: Serve) -> N
 
     live = await playlist_with(service, 3)
     assert live.media_sequence == 0 and live.target_duration == 2
-    assert [s.uri for s in live.segments] == [f"{handle.token}-{n}.ts" for n in range(3)]
-    assert [s.duration for s in live.segments] == [2.0, 2.0, 2.0]
-    assert not any(s.discontinuity for s in live.segments)
+    assert [s.uri for s in complete(live)] == [f"{handle.token}-{n}.{ext()}" for n in range(3)]
+    assert [s.duration for s in complete(live)] == [2.0, 2.0, 2.0]
+    assert not any(s.discontinuity for s in complete(live))
 
     await engine.end_publish(KEY)
     ended = await playlist_with(service, 4, ended=True)
-    assert ended.segments[-1].uri == f"{handle.token}-3.ts"
+    assert complete(ended)[-1].uri == f"{handle.token}-3.{ext()}"
 
 
 async def test_segments_are_served_by_uri_with_the_bytes_a_segmenter_cuts(
@@ -152,24 +176,40 @@ async def test_segments_are_served_by_uri_with_the_bytes_a_segmenter_cuts(
     reference = await engine.subscribe(KEY)  # an independent segmenter on the same stream
     publish_all(handle, session(gops=3))
     await engine.end_publish(KEY)
-    expected = []
-    segmenter = Segmenter()
-    while batch := await reference.next_batch():
-        expected += [s for s in map(segmenter.feed, batch) if s is not None]
-    last = segmenter.finish()
-    assert last is not None
-    expected.append(last)
-    reference.close()
-
+    expected = await cut_alone(reference)
     listed = await playlist_with(service, 3, ended=True)
-    for entry, cut in zip(listed.segments, expected, strict=True):
+    for entry, cut in zip(complete(listed), expected, strict=True):
         assert entry.uri == cut.uri
         data = service.segment(KEY, entry.uri)
         assert data == cut.data
-        assert data[:4] == b"\x47\x40\x00\x10" and len(data) % 188 == 0, "TS starting with PAT"
-    assert len({service.segment(KEY, s.uri) for s in listed.segments}) == 3
-    assert service.segment(KEY, f"{handle.token}-99.ts") is None
+        if VARIANT[0] is HlsVariant.MPEGTS:
+            assert data[:4] == b"\x47\x40\x00\x10" and len(data) % 188 == 0, "TS, PAT first"
+        else:
+            assert data[4:8] == b"moof" and service.segment(KEY, cut.init) is not None
+            assert [service.segment(KEY, p.uri) for p in cut.parts] == [
+                p.data for p in cut.parts], "every part is served too"
+    assert len({service.segment(KEY, s.uri) for s in complete(listed)}) == 3
+    assert service.segment(KEY, f"{handle.token}-99.{ext()}") is None
     assert service.segment(KEY, "index.m3u8") is None
+
+
+async def cut_alone(sub: Subscription) -> list[Segment]:
+    """The segments an independent segmenter of the service's variant cuts from ``sub``."""
+    out: list[Segment] = []
+    if VARIANT[0] is HlsVariant.MPEGTS:
+        segmenter = Segmenter()
+        while batch := await sub.next_batch():
+            out += [s for s in map(segmenter.feed, batch) if s is not None]
+        last = segmenter.finish()
+        out += [last] if last is not None else []
+    else:
+        cmaf = CmafSegmenter()
+        while batch := await sub.next_batch():
+            for frame in batch:
+                out += [s for s in cmaf.feed(frame) if isinstance(s, Segment)]
+        out += [s for s in cmaf.finish() if isinstance(s, Segment)]
+    sub.close()
+    return out
 
 
 async def test_playlist_query_is_carried_to_segment_uris(serve: Serve) -> None:
@@ -181,7 +221,7 @@ async def test_playlist_query_is_carried_to_segment_uris(serve: Serve) -> None:
     await playlist_with(service, 1)
     text = await service.playlist(KEY, query="key=viewer-1")
     assert text is not None
-    assert [s.uri for s in m3u8.loads(text).segments] == [f"{handle.token}-0.ts?key=viewer-1"]
+    assert [s.uri for s in complete(m3u8.loads(text))] == [f"{handle.token}-0.{ext()}?key=viewer-1"]
 
 
 async def test_playlist_keeps_the_window_and_a_few_segments_behind_it(serve: Serve) -> None:
@@ -191,14 +231,14 @@ async def test_playlist_keeps_the_window_and_a_few_segments_behind_it(serve: Ser
     await segmenting(engine)
     publish_all(handle, session(gops=10))  # 9 segments complete while live
     listed = await playlist_with(service, 3)
-    await eventually(lambda: service.segment(KEY, f"{handle.token}-8.ts") is not None)
+    await eventually(lambda: service.segment(KEY, f"{handle.token}-8.{ext()}") is not None)
     listed = await playlist_with(service, 3)
     assert listed.media_sequence == 6
-    assert [s.uri for s in listed.segments] == [f"{handle.token}-{n}.ts" for n in (6, 7, 8)]
+    assert [s.uri for s in complete(listed)] == [f"{handle.token}-{n}.{ext()}" for n in (6, 7, 8)]
     for n in (3, 4, 5):  # out of the playlist, still served to players that fetch late
-        assert service.segment(KEY, f"{handle.token}-{n}.ts") is not None
+        assert service.segment(KEY, f"{handle.token}-{n}.{ext()}") is not None
     for n in (0, 1, 2):
-        assert service.segment(KEY, f"{handle.token}-{n}.ts") is None
+        assert service.segment(KEY, f"{handle.token}-{n}.{ext()}") is None
 
 
 async def test_playlist_continues_across_a_republish_with_a_discontinuity(
@@ -215,15 +255,16 @@ async def test_playlist_continues_across_a_republish_with_a_discontinuity(
     await segmenting(engine)  # followed without a new playlist request
     publish_all(second, session(gops=3))
     live = await playlist_with(service, 5)
-    assert [s.uri for s in live.segments] == (
-        [f"{first.token}-{n}.ts" for n in (0, 1, 2)] + [f"{second.token}-{n}.ts" for n in (3, 4)])
-    assert [s.discontinuity for s in live.segments] == [False, False, False, True, False]
+    assert [s.uri for s in complete(live)] == (
+        [f"{first.token}-{n}.{ext()}" for n in (0, 1, 2)]
+        + [f"{second.token}-{n}.{ext()}" for n in (3, 4)])
+    assert [s.discontinuity for s in complete(live)] == [False, False, False, True, False]
     assert live.media_sequence == 0 and live.discontinuity_sequence == 0
     assert "#EXT-X-DISCONTINUITY\n" in live.dumps()
 
     await engine.end_publish(KEY)
     ended = await playlist_with(service, 6, ended=True)
-    assert ended.segments[-1].uri == f"{second.token}-5.ts"
+    assert complete(ended)[-1].uri == f"{second.token}-5.{ext()}"
 
 
 async def test_linger_sweep_forgets_a_key_that_ended(serve: Serve) -> None:
@@ -234,7 +275,7 @@ async def test_linger_sweep_forgets_a_key_that_ended(serve: Serve) -> None:
     publish_all(handle, session(gops=2))
     await engine.end_publish(KEY)
     await playlist_with(service, 2, ended=True)
-    uri = f"{handle.token}-0.ts"
+    uri = f"{handle.token}-0.{ext()}"
 
     service.sweep(now=time.monotonic() + 1.0)  # within linger: kept
     assert service.segment(KEY, uri) is not None
@@ -258,7 +299,7 @@ async def test_linger_sweep_stops_an_idle_segmenter_of_a_live_stream(serve: Serv
     service.sweep(now=time.monotonic() + 6.0)
     await eventually(lambda: not stream.subscribers)  # the segmenter left the stream
     service.sweep(now=time.monotonic() + 6.0)
-    assert service.segment(KEY, f"{handle.token}-0.ts") is None, "and the key is forgotten"
+    assert service.segment(KEY, f"{handle.token}-0.{ext()}") is None, "and the key is forgotten"
     assert engine.stream(KEY) is stream, "the publish itself goes on"
 
 
@@ -269,12 +310,12 @@ async def test_segmenting_on_publish_starts_without_a_request_and_survives_idle_
     handle = await engine.start_publish(KEY)
     await segmenting(engine)
     publish_all(handle, session(gops=3))
-    await eventually(lambda: service.segment(KEY, f"{handle.token}-1.ts") is not None)
+    await eventually(lambda: service.segment(KEY, f"{handle.token}-1.{ext()}") is not None)
 
     service.sweep(now=time.monotonic() + 60.0)
     stream = engine.stream(KEY)
     assert stream is not None and len(stream.subscribers) == 1, "sticky: still segmenting"
-    assert service.segment(KEY, f"{handle.token}-0.ts") is not None
+    assert service.segment(KEY, f"{handle.token}-0.{ext()}") is not None
 
 
 async def test_publish_of_a_key_nobody_watches_starts_no_segmenter(serve: Serve) -> None:
@@ -330,8 +371,8 @@ async def test_relayed_stream_whose_origin_restarted_its_timeline_starts_a_fresh
     publish_all(second, relayed(222, [0, 1, 2]))
     after = await playlist_with(service, 2)
     assert after.media_sequence == 0
-    assert [s.uri for s in after.segments] == ["222-0.ts", "222-1.ts"]
-    assert service.segment(KEY, "111-12.ts") is None, "the old window is gone"
+    assert [s.uri for s in complete(after)] == [f"222-0.{ext()}", f"222-1.{ext()}"]
+    assert service.segment(KEY, f"111-12.{ext()}") is None, "the old window is gone"
 
 
 async def test_unknown_keys_have_no_playlist_and_no_segments(serve: Serve) -> None:
@@ -339,9 +380,9 @@ async def test_unknown_keys_have_no_playlist_and_no_segments(serve: Serve) -> No
     started = time.monotonic()
     assert await service.playlist(StreamKey("live", "nobody")) is None
     assert time.monotonic() - started < 1.0, "no wait for a key that is not live"
-    assert service.segment(StreamKey("live", "nobody"), "1-0.ts") is None
+    assert service.segment(StreamKey("live", "nobody"), f"1-0.{ext()}") is None
     await engine.start_publish(KEY)
-    assert service.segment(KEY, "1-0.ts") is None, "live but never requested: nothing kept"
+    assert service.segment(KEY, f"1-0.{ext()}") is None, "live but never requested: nothing kept"
 
 
 async def test_request_for_a_stream_without_video_returns_none_when_it_ends(
@@ -372,7 +413,7 @@ async def test_run_returns_on_shutdown_and_stops_segmenters() -> None:
     await engine.end_publish(KEY, "shutdown")  # the node ends every stream on shutdown
     await asyncio.wait_for(runner, 5)
     ended = await playlist_with(service, 2, ended=True)
-    assert ended.segments[-1].uri == f"{handle.token}-1.ts"
+    assert complete(ended)[-1].uri == f"{handle.token}-1.{ext()}"
 
 
 @pytest.mark.parametrize("gops", [1, 2])
@@ -384,7 +425,7 @@ async def test_short_publish_is_listed_whole_once_it_ends(gops: int, serve: Serv
     publish_all(handle, session(gops=gops))
     await engine.end_publish(KEY)
     ended = await playlist_with(service, gops, ended=True)
-    assert [s.duration for s in ended.segments] == [2.0] * gops
+    assert [s.duration for s in complete(ended)] == [2.0] * gops
 
 
 def test_hls_viewers_are_clients_that_polled_within_the_window() -> None:

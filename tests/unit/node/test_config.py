@@ -54,6 +54,8 @@ def test_a_retired_flag_is_accepted_and_named_in_a_warning() -> None:
     ({"ARCLY_RTMP_LISTEN": "nowhere"}, "is not HOST:PORT"),
     ({"ARCLY_HLS": "maybe"}, "'maybe' is not a boolean"),
     ({"ARCLY_LOG_LEVEL": "loud"}, "log level 'loud' is not one of"),
+    ({"ARCLY_HLS_VARIANT": "dash"}, "'dash' is not one of mpegts, fmp4, lowlatency"),
+    ({"ARCLY_HLS_PART_MS": "3000"}, "--hls-part-ms 3000 is longer than the segment target"),
 ])
 def test_a_bad_env_value_is_refused_naming_the_variable(env: dict[str, str],
                                                         message: str) -> None:
@@ -76,8 +78,10 @@ def test_every_node_default_is_the_default_of_the_component_it_configures() -> N
     assert rtmp.max_message_size == ChunkDecoder().max_message_size
     assert node.write_coalesce_ms / 1000 == rtmp.write_coalesce == \
         HttpSettings().write_coalesce == DEFAULT_COALESCE
-    assert (node.hls_segment_seconds, node.hls_window, node.hls_on_publish) == (
-        hls.segment_seconds, hls.window, hls.on_publish)
+    assert (node.hls_segment_seconds, node.hls_window, node.hls_on_publish, node.hls_variant,
+            node.hls_part_ms / 1000) == (hls.segment_seconds, hls.window, hls.on_publish,
+                                         hls.variant, hls.part_seconds)
+    assert hls.part_seconds == engine.part_target
     assert hls.segment_seconds == engine.segment_target == RecordSettings().segment_seconds
     assert node.record_hls == RecordSettings().hls
     assert (node.max_connections, node.max_connections_per_ip, node.max_publishers,

@@ -45,6 +45,7 @@ class Running:
     engine: Engine
     admission: Admission
     request: Request
+    port: int = 0
 
 
 Start = Callable[..., Awaitable[Running]]
@@ -82,7 +83,7 @@ async def node() -> AsyncIterator[Start]:
         async def request(method: str, path: str, **headers: str) -> Reply:
             return await _request(port, method, path, headers)
 
-        return Running(engine, admission, request)
+        return Running(engine, admission, request, port)
 
     try:
         yield start
@@ -211,3 +212,50 @@ def test_router_matches_in_order_with_captures_suffixes_and_rest() -> None:
     assert router.resolve("GET", "/play/live") is None
     with pytest.raises(ValueError, match="must be the last segment"):
         router.add("GET", "/{rest*}/x", first)
+
+
+async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: str
+                    ) -> tuple[dict[str, str], bytes]:
+    writer.write(request.encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    fields = dict(line.split(": ", 1) for line in head.decode().split("\r\n")[1:] if line)
+    body = await asyncio.wait_for(reader.readexactly(int(fields["Content-Length"])), 5)
+    return fields, body
+
+
+async def test_whole_responses_keep_the_connection_for_the_next_request(node: Start) -> None:
+    running = await node()
+    reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
+    try:
+        for _ in range(3):  # an LL-HLS player asks several times a second, on one connection
+            fields, body = await _exchange(reader, writer,
+                                           "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert fields["Connection"] == "keep-alive" and b"ok" in body
+        fields, _ = await _exchange(
+            reader, writer, "GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        assert fields["Connection"] == "close"
+        assert await asyncio.wait_for(reader.read(), 5) == b"", "closed after it"
+    finally:
+        writer.close()
+    reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
+    try:  # HTTP/1.0 keeps only when asked to
+        fields, _ = await _exchange(reader, writer, "GET /healthz HTTP/1.0\r\n\r\n")
+        assert fields["Connection"] == "close"
+    finally:
+        writer.close()
+
+
+async def test_shutdown_closes_kept_alive_connections_between_requests() -> None:
+    engine = Engine(EngineConfig(idle_timeout=None))
+    server = HttpServer("127.0.0.1", 0, engine=engine, admission=Admission())
+    token = ShutdownToken()
+    serving = asyncio.create_task(engine.serve([server], token))
+    await asyncio.wait_for(server.listener.ready.wait(), 10)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.listener.addresses[0][1])
+    try:
+        await _exchange(reader, writer, "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        token.cancel()  # the connection idles between requests: shutdown does not wait for it
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        await asyncio.wait_for(serving, 5)
+    finally:
+        writer.close()

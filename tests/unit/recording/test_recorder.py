@@ -116,9 +116,10 @@ async def test_slow_storage_drops_whole_gops_without_delaying_viewers_or_growing
     assert flv.is_video_config(videos[0].body) and flv.is_video_keyframe(videos[1].body)
 
 
+@pytest.mark.parametrize("fmp4", [False, True])
 async def test_recording_is_finalized_with_duration_and_size(
-        tmp_path: Path, source_flv: Path) -> None:
-    manager = RecordingManager(FilesystemStorage(tmp_path), RecordSettings(hls=True))
+        fmp4: bool, tmp_path: Path, source_flv: Path) -> None:
+    manager = RecordingManager(FilesystemStorage(tmp_path), RecordSettings(hls=True, fmp4=fmp4))
     engine = Engine(EngineConfig(idle_timeout=None), observer=manager)
     async with running(manager, engine):
         await _publish_source(engine, source_flv, seconds=6)
@@ -134,3 +135,5 @@ async def test_recording_is_finalized_with_duration_and_size(
     assert meta.get("width") == 640.0, "the publisher's metadata is kept"
     playlist = next(tmp_path.rglob("index.m3u8")).read_text()
     assert "#EXT-X-PLAYLIST-TYPE:VOD" in playlist and playlist.rstrip().endswith("#EXT-X-ENDLIST")
+    media = {p.suffix for p in next(tmp_path.rglob("index.m3u8")).parent.iterdir()}
+    assert media == ({".m3u8", ".mp4", ".m4s"} if fmp4 else {".m3u8", ".ts"})

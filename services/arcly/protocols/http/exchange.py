@@ -1,8 +1,10 @@
 """One request and its response: what every HTTP handler gets.
 
-Responses are whole (``Content-Length``) except streamed media, which writes its own head; every
-response closes the connection (one request per connection, the way players use HTTP-FLV and
-fetch HLS pieces) and allows any origin (players run on other sites).
+Responses are whole (``Content-Length``) except streamed media, which writes its own head and
+keeps the connection to itself until it ends (HTTP-FLV). A whole response to a bodiless GET or
+HEAD keeps the connection open for the next request (HTTP/1.1 keep-alive: a Low-Latency HLS
+player asks several times a second); every response allows any origin (players run on other
+sites).
 """
 
 from __future__ import annotations
@@ -27,32 +29,44 @@ JSON = "application/json"
 
 
 def response(status: int, body: str | bytes = "", content_type: str = TEXT,
-             extra: dict[str, str] | None = None, *, head_only: bool = False) -> bytes:
+             extra: dict[str, str] | None = None, *, head_only: bool = False,
+             keep_alive: bool = False) -> bytes:
     """A whole response's bytes (its head only for a HEAD request)."""
+    head, payload = response_parts(status, body, content_type, extra, keep_alive=keep_alive)
+    return head if head_only else head + payload
+
+
+def response_parts(status: int, body: str | bytes = "", content_type: str = TEXT,
+                   extra: dict[str, str] | None = None, *,
+                   keep_alive: bool = False) -> tuple[bytes, bytes]:
+    """A whole response's head and body (sent without joining them: media is not copied)."""
     payload = body.encode() if isinstance(body, str) else body
     headers = {"Content-Type": content_type, "Content-Length": str(len(payload)),
-               "Connection": "close", "Access-Control-Allow-Origin": "*",
+               "Connection": "keep-alive" if keep_alive else "close",
+               "Access-Control-Allow-Origin": "*",
                "Cache-Control": "no-cache", **(extra or {})}
     lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}"]
     lines += [f"{name}: {value}" for name, value in headers.items()]
-    head = ("\r\n".join(lines) + "\r\n\r\n").encode()
-    return head if head_only else head + payload
+    return ("\r\n".join(lines) + "\r\n\r\n").encode(), payload
 
 
 class Exchange:
     """A parsed request, the connection it came on and the node's registry."""
 
-    __slots__ = ("ip", "peer", "reader", "registry", "request", "writer")
+    __slots__ = ("ip", "keep_alive", "peer", "reader", "registry", "request", "writer")
 
     def __init__(self, request: Request, reader: asyncio.StreamReader,
                  writer: asyncio.StreamWriter, *, peer: str, ip: str,
-                 registry: PublishRegistry) -> None:
+                 registry: PublishRegistry, keep_alive: bool = False) -> None:
         self.request = request
         self.reader = reader
         self.writer = writer
         self.peer = peer  # ip:port, for logs and sessions
         self.ip = ip
         self.registry = registry
+        # The connection takes another request after this response (a handler that streams
+        # turns it off: the connection is the stream's).
+        self.keep_alive = keep_alive
 
     @property
     def head_only(self) -> bool:
@@ -61,8 +75,9 @@ class Exchange:
     def respond(self, status: int, body: str | bytes = "", content_type: str = TEXT,
                 extra: dict[str, str] | None = None) -> None:
         """A whole response (no body on HEAD)."""
-        self.writer.write(response(status, body, content_type, extra,
-                                   head_only=self.head_only))
+        head, payload = response_parts(status, body, content_type, extra,
+                                       keep_alive=self.keep_alive)
+        self.writer.writelines((head,) if self.head_only else (head, payload))
 
     def json(self, status: int, document: Any, extra: dict[str, str] | None = None) -> None:
         self.respond(status, json.dumps(document) + "\n", JSON, extra)

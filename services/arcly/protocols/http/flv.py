@@ -64,6 +64,7 @@ class FlvPlayback:
 
     async def _stream(self, exchange: Exchange, sub: Subscription) -> None:
         writer = exchange.writer
+        exchange.keep_alive = False  # the connection is the stream's now
         self._subs.add(sub)
         limit_send_buffer(writer, self.settings.viewer_send_buffer)
         eof_watch = asyncio.create_task(_close_on_eof(exchange.reader, sub))

@@ -1,11 +1,14 @@
-"""HLS over HTTP: ``GET /{app}/{stream}/index.m3u8`` (the live playlist) and the segments it
-names, ``GET /{app}/{stream}/{segment}.ts``. Both are authorized like any play; the playlist
-carries the request's credentials on to its segment URIs."""
+"""HLS over HTTP: ``GET /{app}/{stream}/index.m3u8`` (the live playlist) and what it names:
+segments (``{segment}.ts`` or ``.m4s``), parts (``.m4s``) and init segments (``.mp4``). All are
+authorized like any play; the playlist carries the request's credentials on to the URIs it
+names. Low-Latency: ``_HLS_msn``/``_HLS_part`` hold a playlist request until that part exists
+(400 when asked too far ahead, 503 when it does not come in time), and a request for the next
+part (the preload hint) is held until it exists."""
 
 from __future__ import annotations
 
 from arcly.engine import Action, AuthError, AuthRequest, InvalidStreamKey, StreamKey
-from arcly.hls.service import HlsService
+from arcly.hls.service import BlockingReloadError, HlsService
 from arcly.protocols.listener import Admission
 
 from .exchange import Exchange, refuse_while_draining
@@ -37,30 +40,69 @@ class HlsRoutes:
         if key is None:
             return
         client = f"{exchange.ip}|{exchange.request.headers.get('user-agent', '')[:128]}"
-        playlist = await self.hls.playlist(key, query=quote_query(exchange.request.query),
-                                           client=client)
+        query = dict(exchange.request.query)
+        try:
+            msn = _number(query.pop("_HLS_msn", None))
+            part = _number(query.pop("_HLS_part", None))
+        except ValueError:
+            exchange.respond(400, "_HLS_msn and _HLS_part are numbers\n")
+            return
+        query.pop("_HLS_skip", None)  # delta updates are not offered (no CAN-SKIP-UNTIL)
+        if part is not None and msn is None:
+            exchange.respond(400, "_HLS_part needs _HLS_msn\n")
+            return
+        try:
+            playlist = await self.hls.playlist(key, query=quote_query(query), client=client,
+                                               msn=msn, part=part)
+        except BlockingReloadError as exc:
+            exchange.respond(exc.status, f"{exc}\n")
+            return
         if playlist is None:
             exchange.respond(404, f"{key} is not being published\n")
             return
-        # Playlists change every segment: let caches hold them for under half of one.
-        max_age = int(self.hls.settings.segment_seconds / 2)
+        if self.hls.low_latency:  # changes every part; requests block for what is new
+            cache = "no-cache"
+        else:  # changes every segment: let caches hold it for under half of one
+            cache = f"max-age={int(self.hls.settings.segment_seconds / 2)}"
         exchange.respond(200, playlist, "application/vnd.apple.mpegurl",
-                         {"Cache-Control": f"max-age={max_age}"})
+                         {"Cache-Control": cache})
         self._sent(exchange, len(playlist))
 
     async def segment(self, exchange: Exchange, params: dict[str, str]) -> None:
+        await self._media(exchange, params, ".ts", "video/mp2t")
+
+    async def fragment(self, exchange: Exchange, params: dict[str, str]) -> None:
+        """An fMP4 segment or part (``.m4s``)."""
+        await self._media(exchange, params, ".m4s", "video/mp4")
+
+    async def init(self, exchange: Exchange, params: dict[str, str]) -> None:
+        await self._media(exchange, params, ".mp4", "video/mp4")
+
+    async def _media(self, exchange: Exchange, params: dict[str, str], ext: str,
+                     content_type: str) -> None:
         key = await self._admit(exchange, params)
         if key is None:
             return
-        data = self.hls.segment(key, params["segment"] + ".ts")
+        uri = params["segment"] + ext
+        data = await self.hls.part(key, uri) if ext == ".m4s" else self.hls.segment(key, uri)
         if data is None:
             exchange.respond(404, "no such segment\n")
             return
-        # A segment URI names one immutable piece of media (publish session + sequence).
-        exchange.respond(200, data, "video/mp2t",
+        # A URI names one immutable piece of media (publish session + sequence [+ part], or
+        # an init segment by the checksum of its bytes).
+        exchange.respond(200, data, content_type,
                          {"Cache-Control": "public, max-age=86400, immutable"})
         self._sent(exchange, len(data))
 
     def _sent(self, exchange: Exchange, size: int) -> None:
         if not exchange.head_only:
             self.hls.bytes_sent += size
+
+
+def _number(text: str | None) -> int | None:
+    if text is None:
+        return None
+    value = int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value

@@ -2,7 +2,8 @@
 player scripts they load.
 
 ``/play/{app}/{stream}`` plays HLS with hls.js (or natively where the browser can, as Safari
-does); ``?type=flv`` plays HTTP-FLV with mpegts.js. The scripts are served from the node's
+does) — in low-latency mode when the node serves Low-Latency HLS; ``?type=flv`` plays HTTP-FLV
+with mpegts.js. The scripts are served from the node's
 ``static`` folder (``make static`` fetches them from the npm registry) and fall back to a
 public CDN when the node has no copy.
 """
@@ -35,7 +36,16 @@ def _script(name: str) -> str:
     return f"/static/{name}" if (STATIC_DIR / name).is_file() else CDN[name]
 
 
-def player_page(key: StreamKey, *, kind: str = "hls") -> str:
+def hls_config(low_latency: bool) -> str:
+    """hls.js options: Low-Latency HLS aims at the playlist's PART-HOLD-BACK (a
+    ``liveSyncDuration*`` option would override it) and plays up to 1.5x to catch up after a
+    stall; classic HLS starts two segments from the end."""
+    if low_latency:
+        return "{lowLatencyMode: true, maxLiveSyncPlaybackRate: 1.5}"
+    return "{liveSyncDurationCount: 2}"
+
+
+def player_page(key: StreamKey, *, kind: str = "hls", low_latency: bool = False) -> str:
     title = html.escape(str(key))
     if kind == "flv":
         src = f"/{key.app}/{key.stream}.flv"
@@ -47,8 +57,8 @@ def player_page(key: StreamKey, *, kind: str = "hls") -> str:
         src = f"/{key.app}/{key.stream}/index.m3u8"
         attach = (f'<script src="{_script("hls.min.js")}"></script><script>\n'
                   "if (window.Hls && Hls.isSupported()) {\n"
-                  f"  const hls = new Hls({{liveSyncDurationCount: 2}}); hls.loadSource('{src}');\n"
-                  "  hls.attachMedia(video);\n"
+                  f"  const hls = window.hls = new Hls({hls_config(low_latency)});\n"
+                  f"  hls.loadSource('{src}'); hls.attachMedia(video);\n"
                   "  hls.on(Hls.Events.ERROR, (e, d) => { if (d.fatal) status.textContent = "
                   "'error: ' + d.details; });\n"
                   f"}} else {{ video.src = '{src}'; }}\n</script>")
@@ -67,15 +77,11 @@ video.addEventListener('playing', () => status.textContent = 'playing');</script
 """
 
 
-def status_page() -> str:
+def status_page(*, low_latency: bool = False) -> str:
     """The page people open first: live streams with their figures and an embedded player."""
     template = Path(__file__).with_name("status.html").read_text()
     return template.replace("__HLS__", _script("hls.min.js")).replace(
-        "__MPEGTS__", _script("mpegts.js"))
-
-
-async def serve_status(exchange: Exchange, params: dict[str, str]) -> None:
-    exchange.respond(200, status_page(), HTML)
+        "__MPEGTS__", _script("mpegts.js")).replace("__HLS_CONFIG__", hls_config(low_latency))
 
 
 async def serve_static(exchange: Exchange, params: dict[str, str]) -> None:
@@ -87,11 +93,20 @@ async def serve_static(exchange: Exchange, params: dict[str, str]) -> None:
                          {"Cache-Control": "public, max-age=3600"})
 
 
-async def serve_player(exchange: Exchange, params: dict[str, str]) -> None:
-    try:
-        key = StreamKey(params["app"], params["stream"])
-    except InvalidStreamKey as exc:
-        exchange.respond(404, f"{exc}\n")
-        return
-    kind = "flv" if exchange.request.query.get("type") == "flv" else "hls"
-    exchange.respond(200, player_page(key, kind=kind), HTML)
+class Pages:
+    """The status and player pages of a node (``low_latency``: it serves Low-Latency HLS)."""
+
+    def __init__(self, *, low_latency: bool = False) -> None:
+        self.low_latency = low_latency
+
+    async def status(self, exchange: Exchange, params: dict[str, str]) -> None:
+        exchange.respond(200, status_page(low_latency=self.low_latency), HTML)
+
+    async def player(self, exchange: Exchange, params: dict[str, str]) -> None:
+        try:
+            key = StreamKey(params["app"], params["stream"])
+        except InvalidStreamKey as exc:
+            exchange.respond(404, f"{exc}\n")
+            return
+        kind = "flv" if exchange.request.query.get("type") == "flv" else "hls"
+        exchange.respond(200, player_page(key, kind=kind, low_latency=self.low_latency), HTML)

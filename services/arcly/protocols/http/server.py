@@ -28,7 +28,7 @@ from .exchange import Exchange, response
 from .flv import FlvPlayback
 from .hls import HlsRoutes
 from .metrics import MetricsRoute
-from .pages import serve_player, serve_static, serve_status
+from .pages import Pages, serve_static
 from .probes import LIVENESS_PATH, READINESS_PATH, Probes
 from .request import MAX_HEAD, Request, parse_request
 from .router import NotAllowed, Resolved, Router
@@ -59,6 +59,8 @@ class HttpServer(ListeningHandler):
         self.api = ManagementApi(engine, self.admission, node=node, token=api_token)
         self.probes = Probes(self.listener, self.admission)
         self.metrics = MetricsRoute(metrics)
+        self.pages = Pages(low_latency=hls is not None and hls.low_latency)
+        self._idle: set[asyncio.StreamWriter] = set()  # kept-alive, waiting for a request
         self.router = self._routes()
 
     def _routes(self) -> Router:
@@ -71,10 +73,12 @@ class HttpServer(ListeningHandler):
         if self.hls is not None:
             router.add("GET", "/{app}/{stream}/index.m3u8", self.hls.playlist)
             router.add("GET", "/{app}/{stream}/{segment}.ts", self.hls.segment)
+            router.add("GET", "/{app}/{stream}/{segment}.m4s", self.hls.fragment)
+            router.add("GET", "/{app}/{stream}/{segment}.mp4", self.hls.init)
         # Pages come after the media routes, so apps may be named "play" or "static".
-        router.add("GET", "/", serve_status)
+        router.add("GET", "/", self.pages.status)
         router.add("GET", "/static/{name}", serve_static)
-        router.add("GET", "/play/{app}/{stream}", serve_player)
+        router.add("GET", "/play/{app}/{stream}", self.pages.player)
         return router
 
     async def run(self, registry: PublishRegistry, shutdown: ShutdownToken) -> None:
@@ -83,28 +87,57 @@ class HttpServer(ListeningHandler):
 
         async def goodbye() -> None:
             self.flv.close_all(CloseReason.SHUTDOWN)
+            for writer in list(self._idle):  # kept-alive connections between requests
+                writer.close()
 
         await self.listener.serve(on_client, shutdown, goodbye=goodbye)
 
     async def _handle(self, registry: PublishRegistry, reader: asyncio.StreamReader,
                       writer: asyncio.StreamWriter) -> None:
         peer = peer_name(writer)
+        ip = peer_ip(writer)
         writer.transport.set_write_buffer_limits(high=self.settings.write_buffer_high)
         try:
-            request = await self._read_request(reader, writer, peer)
-            if request is not None:
-                await self._dispatch(Exchange(request, reader, writer, peer=peer,
-                                              ip=peer_ip(writer), registry=registry))
+            for served in range(self.settings.keepalive_requests):
+                request = await self._read_request(reader, writer, peer, idle=served > 0)
+                if request is None:
+                    break
+                exchange = Exchange(request, reader, writer, peer=peer, ip=ip,
+                                    registry=registry, keep_alive=self._may_keep(request, served))
+                await self._dispatch(exchange)
+                if not exchange.keep_alive:
+                    break
+                await writer.drain()
         except (ConnectionError, OSError):
             pass
         finally:
             await close_writer(writer)
 
+    def _may_keep(self, request: Request, served: int) -> bool:
+        """Whether the connection may take another request after this one: a bodiless GET or
+        HEAD that asks for it (HTTP/1.1 unless ``Connection: close``; HTTP/1.0 with
+        ``Connection: keep-alive``), while the node is not stopping or draining."""
+        if (request.method not in ("GET", "HEAD") or self.listener.stopping
+                or self.admission.draining or served + 1 >= self.settings.keepalive_requests):
+            return False
+        headers = request.headers
+        if headers.get("content-length", "0") != "0" or "transfer-encoding" in headers:
+            return False
+        connection = headers.get("connection", "").lower()
+        if request.version == "HTTP/1.0":
+            return "keep-alive" in connection
+        return "close" not in connection
+
     async def _read_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                            peer: str) -> Request | None:
-        """The request head, or None once the client got its error (or went away)."""
+                            peer: str, *, idle: bool = False) -> Request | None:
+        """The request head, or None once the client got its error (or went away). ``idle``:
+        a kept-alive connection waiting for its next request (closed quietly when none comes
+        within ``keepalive_timeout``, or when the node stops)."""
+        if idle:
+            self._idle.add(writer)
         try:
-            async with asyncio.timeout(self.settings.header_timeout):
+            async with asyncio.timeout(self.settings.keepalive_timeout if idle
+                                       else self.settings.header_timeout):
                 head = await reader.readuntil(b"\r\n\r\n")
         except asyncio.LimitOverrunError:
             writer.write(response(431, "request head too large\n"))
@@ -112,8 +145,11 @@ class HttpServer(ListeningHandler):
         except asyncio.IncompleteReadError:
             return None
         except TimeoutError:
-            writer.write(response(408, "request timeout\n"))
+            if not idle:
+                writer.write(response(408, "request timeout\n"))
             return None
+        finally:
+            self._idle.discard(writer)
         try:
             return parse_request(head[:-4])
         except ProtocolError as exc:

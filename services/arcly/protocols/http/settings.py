@@ -10,6 +10,8 @@ from arcly.protocols.egress import DEFAULT_COALESCE
 @dataclass(frozen=True, slots=True)
 class HttpSettings:
     header_timeout: float = 10.0
+    keepalive_timeout: float = 15.0  # an idle kept-alive connection is closed after this
+    keepalive_requests: int = 1000   # requests per connection, then it is closed
     write_buffer_high: int = 512 * 1024
     stall_timeout: float = 10.0
     viewer_send_buffer: int = 256 * 1024

@@ -24,25 +24,25 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61rcly/relay/v1/relay.proto\x12\x0e\x61rcly.relay.v1\"@\n\x10SubscribeRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x0e\n\x06stream\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\"V\n\x0bSegmentMark\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x15\n\rdiscontinuity\x18\x02 \x01(\x04\x12\r\n\x05start\x18\x03 \x01(\x03\x12\x0f\n\x07session\x18\x04 \x01(\x04\"\xd5\x01\n\nRelayFrame\x12\'\n\x04kind\x18\x01 \x01(\x0e\x32\x19.arcly.relay.v1.FrameKind\x12\x11\n\ttimestamp\x18\x02 \x01(\x03\x12\x10\n\x08keyframe\x18\x03 \x01(\x08\x12\x0e\n\x06\x63onfig\x18\x04 \x01(\x08\x12\x0f\n\x07payload\x18\x05 \x01(\x0c\x12\x15\n\rfencing_token\x18\x06 \x01(\x04\x12)\n\x04mark\x18\x07 \x01(\x0b\x32\x1b.arcly.relay.v1.SegmentMark\x12\x16\n\x0eorigin_time_us\x18\x08 \x01(\x03\"\x1d\n\x0bStreamEnded\x12\x0e\n\x06reason\x18\x01 \x01(\t\"q\n\x0cRelayMessage\x12+\n\x05\x66rame\x18\x01 \x01(\x0b\x32\x1a.arcly.relay.v1.RelayFrameH\x00\x12,\n\x05\x65nded\x18\x02 \x01(\x0b\x32\x1b.arcly.relay.v1.StreamEndedH\x00\x42\x06\n\x04\x62ody*h\n\tFrameKind\x12\x1a\n\x16\x46RAME_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10\x46RAME_KIND_AUDIO\x10\x08\x12\x14\n\x10\x46RAME_KIND_VIDEO\x10\t\x12\x13\n\x0f\x46RAME_KIND_DATA\x10\x12\x32V\n\x05Relay\x12M\n\tSubscribe\x12 .arcly.relay.v1.SubscribeRequest\x1a\x1c.arcly.relay.v1.RelayMessage0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61rcly/relay/v1/relay.proto\x12\x0e\x61rcly.relay.v1\"@\n\x10SubscribeRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x0e\n\x06stream\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\"\x8d\x01\n\x0bSegmentMark\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x15\n\rdiscontinuity\x18\x02 \x01(\x04\x12\r\n\x05start\x18\x03 \x01(\x03\x12\x0f\n\x07session\x18\x04 \x01(\x04\x12\x0c\n\x04part\x18\x05 \x01(\r\x12\x12\n\npart_start\x18\x06 \x01(\x03\x12\x13\n\x0bindependent\x18\x07 \x01(\x08\"\xd5\x01\n\nRelayFrame\x12\'\n\x04kind\x18\x01 \x01(\x0e\x32\x19.arcly.relay.v1.FrameKind\x12\x11\n\ttimestamp\x18\x02 \x01(\x03\x12\x10\n\x08keyframe\x18\x03 \x01(\x08\x12\x0e\n\x06\x63onfig\x18\x04 \x01(\x08\x12\x0f\n\x07payload\x18\x05 \x01(\x0c\x12\x15\n\rfencing_token\x18\x06 \x01(\x04\x12)\n\x04mark\x18\x07 \x01(\x0b\x32\x1b.arcly.relay.v1.SegmentMark\x12\x16\n\x0eorigin_time_us\x18\x08 \x01(\x03\"\x1d\n\x0bStreamEnded\x12\x0e\n\x06reason\x18\x01 \x01(\t\"q\n\x0cRelayMessage\x12+\n\x05\x66rame\x18\x01 \x01(\x0b\x32\x1a.arcly.relay.v1.RelayFrameH\x00\x12,\n\x05\x65nded\x18\x02 \x01(\x0b\x32\x1b.arcly.relay.v1.StreamEndedH\x00\x42\x06\n\x04\x62ody*h\n\tFrameKind\x12\x1a\n\x16\x46RAME_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10\x46RAME_KIND_AUDIO\x10\x08\x12\x14\n\x10\x46RAME_KIND_VIDEO\x10\t\x12\x13\n\x0f\x46RAME_KIND_DATA\x10\x12\x32V\n\x05Relay\x12M\n\tSubscribe\x12 .arcly.relay.v1.SubscribeRequest\x1a\x1c.arcly.relay.v1.RelayMessage0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'arcly.relay.v1.relay_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FRAMEKIND']._serialized_start=562
-  _globals['_FRAMEKIND']._serialized_end=666
+  _globals['_FRAMEKIND']._serialized_start=618
+  _globals['_FRAMEKIND']._serialized_end=722
   _globals['_SUBSCRIBEREQUEST']._serialized_start=46
   _globals['_SUBSCRIBEREQUEST']._serialized_end=110
-  _globals['_SEGMENTMARK']._serialized_start=112
-  _globals['_SEGMENTMARK']._serialized_end=198
-  _globals['_RELAYFRAME']._serialized_start=201
-  _globals['_RELAYFRAME']._serialized_end=414
-  _globals['_STREAMENDED']._serialized_start=416
-  _globals['_STREAMENDED']._serialized_end=445
-  _globals['_RELAYMESSAGE']._serialized_start=447
-  _globals['_RELAYMESSAGE']._serialized_end=560
-  _globals['_RELAY']._serialized_start=668
-  _globals['_RELAY']._serialized_end=754
+  _globals['_SEGMENTMARK']._serialized_start=113
+  _globals['_SEGMENTMARK']._serialized_end=254
+  _globals['_RELAYFRAME']._serialized_start=257
+  _globals['_RELAYFRAME']._serialized_end=470
+  _globals['_STREAMENDED']._serialized_start=472
+  _globals['_STREAMENDED']._serialized_end=501
+  _globals['_RELAYMESSAGE']._serialized_start=503
+  _globals['_RELAYMESSAGE']._serialized_end=616
+  _globals['_RELAY']._serialized_start=724
+  _globals['_RELAY']._serialized_end=810
 # @@protoc_insertion_point(module_scope)

@@ -28,16 +28,22 @@ class SubscribeRequest(_message.Message):
     def __init__(self, app: _Optional[str] = ..., stream: _Optional[str] = ..., node_id: _Optional[str] = ...) -> None: ...
 
 class SegmentMark(_message.Message):
-    __slots__ = ("sequence", "discontinuity", "start", "session")
+    __slots__ = ("sequence", "discontinuity", "start", "session", "part", "part_start", "independent")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     DISCONTINUITY_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
+    PART_START_FIELD_NUMBER: _ClassVar[int]
+    INDEPENDENT_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     discontinuity: int
     start: int
     session: int
-    def __init__(self, sequence: _Optional[int] = ..., discontinuity: _Optional[int] = ..., start: _Optional[int] = ..., session: _Optional[int] = ...) -> None: ...
+    part: int
+    part_start: int
+    independent: bool
+    def __init__(self, sequence: _Optional[int] = ..., discontinuity: _Optional[int] = ..., start: _Optional[int] = ..., session: _Optional[int] = ..., part: _Optional[int] = ..., part_start: _Optional[int] = ..., independent: _Optional[bool] = ...) -> None: ...
 
 class RelayFrame(_message.Message):
     __slots__ = ("kind", "timestamp", "keyframe", "config", "payload", "fencing_token", "mark", "origin_time_us")

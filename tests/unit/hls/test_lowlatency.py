@@ -1,0 +1,145 @@
+"""Low-Latency HLS in the service over a real kernel: blocking playlist reload (RFC 8216bis
+6.2.5.2) answers when the asked-for part exists, refuses what is too far ahead (400) and gives
+up in time (503); the hinted next part is held until it exists; held requests cost no CPU."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import m3u8
+import pytest
+
+from arcly.engine import Engine, Frame, PublishHandle, ShutdownToken
+from arcly.hls.service import BlockingReloadError, HlsService, HlsSettings, HlsVariant
+from tests.support.wait import eventually
+from tests.unit.hls.test_service import KEY, new_engine, segmenting, session
+
+
+async def feed_until(handle: PublishHandle, frames: Iterator[Frame],
+                     done: Callable[[], bool]) -> None:
+    """Publish frames one by one, letting the segmenter take each, until ``done()``."""
+    for frame in frames:
+        handle.publish_frame(frame)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        if done():
+            return
+    raise AssertionError("ran out of frames")
+
+
+@pytest.fixture
+async def live() -> AsyncIterator[tuple[Engine, HlsService, PublishHandle]]:
+    """A Low-Latency service segmenting a live publish (nothing published yet)."""
+    service = HlsService(HlsSettings(segment_seconds=2.0, part_seconds=0.2,
+                                     variant=HlsVariant.LOWLATENCY))
+    engine = new_engine(service)
+    shutdown = ShutdownToken()
+    runner = asyncio.create_task(service.run(engine, shutdown))
+    await eventually(lambda: service.registry is engine)
+    handle = await engine.start_publish(KEY)
+    await service.start(KEY)
+    await segmenting(engine)
+    try:
+        yield engine, service, handle
+    finally:
+        await engine.end_publish(KEY, "test over")
+        shutdown.cancel()
+        await asyncio.wait_for(runner, 10)
+
+
+async def test_a_blocking_request_returns_once_its_part_exists(
+        live: tuple[Engine, HlsService, PublishHandle]) -> None:
+    _, service, handle = live
+    frames = session(gops=3)
+    handle_frames = iter(frames)
+    for frame in handle_frames:  # up to the middle of the second segment
+        handle.publish_frame(frame)
+        if frame.timestamp >= 3000:
+            break
+    text = await service.playlist(KEY)
+    assert text is not None
+    newest, parts = service._states[KEY].latest()
+    request = asyncio.create_task(service.playlist(KEY, msn=newest, part=parts))
+    await asyncio.sleep(0.05)
+    assert not request.done(), "held: that part does not exist yet"
+    # The part closes when the next one starts.
+    await feed_until(handle, handle_frames, lambda: service._states[KEY].has(newest, parts))
+    held = await asyncio.wait_for(request, 1.0)
+    playlist = m3u8.loads(held)
+    uris = [p.uri for s in playlist.segments for p in s.parts]
+    assert f"{handle.token}-{newest}.{parts}.m4s" in uris
+    assert playlist.preload_hint.uri == f"{handle.token}-{newest}.{parts + 1}.m4s"
+
+
+async def test_a_request_too_far_ahead_is_refused_and_one_that_never_comes_times_out(
+        ) -> None:
+    service = HlsService(HlsSettings(segment_seconds=0.5, part_seconds=0.1,
+                                     variant=HlsVariant.LOWLATENCY))  # holds 1.5 s at most
+    engine = new_engine(service)
+    shutdown = ShutdownToken()
+    runner = asyncio.create_task(service.run(engine, shutdown))
+    await eventually(lambda: service.registry is engine)
+    handle = await engine.start_publish(KEY)
+    await service.start(KEY)
+    await segmenting(engine)
+    try:
+        for frame in session(gops=1)[:12]:  # a few parts of the first segment, then silence
+            handle.publish_frame(frame)
+        assert await service.playlist(KEY) is not None
+        newest, _ = service._states[KEY].latest()
+        with pytest.raises(BlockingReloadError) as far:
+            await service.playlist(KEY, msn=newest + 3, part=0)
+        assert far.value.status == 400
+        started = time.monotonic()
+        with pytest.raises(BlockingReloadError) as late:
+            await service.playlist(KEY, msn=newest + 1, part=0)
+        assert late.value.status == 503
+        assert time.monotonic() - started >= 1.4, "held for three target durations first"
+    finally:
+        await engine.end_publish(KEY, "test over")
+        shutdown.cancel()
+        await asyncio.wait_for(runner, 10)
+
+
+async def test_the_hinted_part_is_held_until_it_exists_and_other_missing_parts_are_not(
+        live: tuple[Engine, HlsService, PublishHandle]) -> None:
+    _, service, handle = live
+    frames = iter(session(gops=3))
+    for frame in frames:
+        handle.publish_frame(frame)
+        if frame.timestamp >= 2500:
+            break
+    assert await service.playlist(KEY) is not None
+    newest, parts = service._states[KEY].latest()
+    hinted = f"{handle.token}-{newest}.{parts}.m4s"
+    fetch = asyncio.create_task(service.part(KEY, hinted))
+    assert await service.part(KEY, f"{handle.token}-{newest}.{parts + 5}.m4s") is None
+    assert not fetch.done()
+    await feed_until(handle, frames, lambda: service._states[KEY].part(hinted) is not None)
+    data = await asyncio.wait_for(fetch, 1.0)
+    assert data is not None and data[4:8] == b"moof"
+
+
+async def test_held_requests_wait_without_using_the_cpu(
+        live: tuple[Engine, HlsService, PublishHandle]) -> None:
+    _, service, handle = live
+    frames = iter(session(gops=3))
+    for frame in frames:
+        handle.publish_frame(frame)
+        if frame.timestamp >= 2500:
+            break
+    assert await service.playlist(KEY) is not None
+    newest, parts = service._states[KEY].latest()
+    held = [asyncio.create_task(service.playlist(KEY, msn=newest, part=parts))
+            for _ in range(2000)]
+    await asyncio.sleep(0.1)  # all of them parked on the key's one event
+    cpu = time.process_time()
+    await asyncio.sleep(1.0)
+    spent = time.process_time() - cpu
+    assert not any(task.done() for task in held)
+    assert spent < 0.3, f"2000 held requests used {spent:.2f} s of CPU in 1 s (polling?)"
+    await feed_until(handle, frames, lambda: service._states[KEY].has(newest, parts))
+    texts = await asyncio.wait_for(asyncio.gather(*held), 10)
+    assert len(set(texts)) == 1 and f"{newest}.{parts}.m4s" in texts[0]
