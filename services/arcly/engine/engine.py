@@ -102,7 +102,7 @@ class Engine:
                         observer=self.observer, clock=self.clock,
                         timeline=Timeline(self._timeline_state(key), session=token,
                                           target_ms=int(self.config.segment_target * 1000),
-                                          part_ms=int(self.config.part_target * 1000)))
+                                          part_ms=round(self.config.part_target * 1000)))
         self._streams[key] = stream
         self.observer.on_publish_start(key, protocol, peer)
         return PublishHandle(stream)

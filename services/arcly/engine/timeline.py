@@ -18,7 +18,9 @@ Rules (pure functions of the frames of the publish sessions of a key):
   keyframe at least half a part target into the part (a part a player can start from), or when
   its timestamp jumped;
 - a timestamp jump (backwards, or forwards by more than ``jump_ms``) or a new publish session
-  starts a new segment with the next discontinuity sequence number;
+  starts a new segment with the next discontinuity sequence number; a changed codec
+  configuration starts a new segment at the next keyframe (without a discontinuity);
+- configuration and data frames take the current mark and move nothing;
 - sequence numbers continue across republishes of the same key.
 """
 
@@ -61,6 +63,7 @@ class Timeline:
     """Stamps frames of one publish session with their ``SegmentMark``."""
 
     __slots__ = (
+        "_configs",
         "_first",
         "_gap",
         "_jump_ms",
@@ -68,6 +71,7 @@ class Timeline:
         "_last_ts",
         "_mark",
         "_part_ms",
+        "_reconfigured",
         "_session",
         "_state",
         "_target_ms",
@@ -84,6 +88,8 @@ class Timeline:
         self._mark: SegmentMark | None = None
         self._last_ts: int | None = None
         self._jumped = False
+        self._reconfigured = False
+        self._configs: dict[FrameKind, bytes] = {}
         self._first = True
 
     @property
@@ -91,8 +97,16 @@ class Timeline:
         return self._mark
 
     def mark(self, frame: Frame) -> SegmentMark | None:
-        """The mark for ``frame`` (advancing the timeline at keyframes)."""
-        if frame.config:
+        """The mark for ``frame`` (advancing the timeline at keyframes). Data frames (cue
+        points, text) and configuration only take the current mark; a configuration that
+        differs from the one before it starts a new segment at the next keyframe (a segment
+        never spans a codec change, so its init segment describes all of it)."""
+        if frame.config or frame.kind is FrameKind.DATA:
+            if frame.config and frame.kind is not FrameKind.DATA:
+                previous = self._configs.get(frame.kind)
+                if previous is not None and previous != frame.payload:
+                    self._reconfigured = True
+                self._configs[frame.kind] = frame.payload
             return self._mark
         ts = frame.timestamp
         last = self._last_ts
@@ -105,7 +119,8 @@ class Timeline:
         self._last_ts = ts
         key = frame.kind is FrameKind.VIDEO and frame.keyframe
         mark = self._mark
-        if key and (mark is None or self._jumped or ts - mark.start >= self._target_ms * 3 // 4):
+        if key and (mark is None or self._jumped or self._reconfigured
+                    or ts - mark.start >= self._target_ms * 3 // 4):
             self._open(ts, discontinuity=self._jumped or (self._first and
                                                           self._state.next_sequence > 0))
         elif mark is not None and self._part_ms and (jump or self._part_full(mark, ts, key)):
@@ -128,4 +143,5 @@ class Timeline:
                                  0, ts, True)
         state.next_sequence += 1
         self._jumped = False
+        self._reconfigured = False
         self._first = False

@@ -20,7 +20,7 @@ from arcly.engine import Frame, FrameKind, ProtocolError, SegmentMark
 from arcly.media import codecs
 from arcly.media.fmp4 import Fmp4Writer, Sample
 
-from .segmenter import Part, Segment
+from .segmenter import ConfiguredIn, Part, Segment
 
 log = logging.getLogger("arcly.hls")
 
@@ -65,6 +65,7 @@ class CmafSegmenter:
         self._init_audio = False
         self._inits: OrderedDict[str, bytes] = OrderedDict()  # the latest few, by URI
         self._open: _OpenSegment | None = None
+        self._configured_in = ConfiguredIn()
         self.errors = 0
 
     @property
@@ -76,21 +77,31 @@ class CmafSegmenter:
         """An init segment this segmenter named (one of the latest few)."""
         return self._inits.get(uri)
 
+    def abandon(self) -> None:
+        """Frames were lost (this subscriber fell behind): drop the segment in progress — its
+        remaining parts would differ from other nodes' — and wait for the next one."""
+        self._open = None
+
     def feed(self, frame: Frame) -> list[Part | Segment]:
+        mark = frame.mark
         if frame.config:
             self._configure(frame)
+            self._configured_in.note(mark)
             return []
-        mark = frame.mark
         if mark is None or frame.kind is FrameKind.DATA:
             return []
         done: list[Part | Segment] = []
         current = self._open
-        if current is not None and mark.sequence != current.mark.sequence:
+        if current is not None and mark.session != current.mark.session:
+            # The stream moved to a new publish session mid-subscription (an edge followed
+            # its stream to another origin): how the old one ended is not known here.
+            current = self._open = None
+        elif current is not None and mark.sequence != current.mark.sequence:
             continuous = mark.discontinuity == current.mark.discontinuity
             done += self._close(current, end=frame.timestamp if continuous else None)
             current = self._open = None
         if current is None:
-            if not self._starts(frame, mark):
+            if not self._starts(frame, mark) or self._configured_in.during(mark):
                 return done  # joined mid-segment: wait for the next one
             init = self._init_segment(mark)
             assert init is not None and self._writer is not None

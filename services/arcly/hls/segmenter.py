@@ -56,6 +56,28 @@ class Segment:
         return f"{self.session}-{self.sequence}.{self.ext}"
 
 
+class ConfiguredIn:
+    """Which segments a configuration frame was stamped in. A late joiner gets the latest
+    configuration before the cached GOP (the kernel's snapshot): if that configuration came
+    during the segment it is about to start, the node that saw the segment from its start cut
+    it with the earlier configuration — starting it here would give other bytes under the same
+    URIs. Such a segment is skipped (the timeline starts the next one at the next keyframe)."""
+
+    __slots__ = ("_marks",)
+
+    def __init__(self) -> None:
+        self._marks: set[tuple[int, int]] = set()
+
+    def note(self, mark: SegmentMark | None) -> None:
+        if mark is not None:
+            if len(self._marks) > 16:
+                self._marks.clear()
+            self._marks.add((mark.session, mark.sequence))
+
+    def during(self, mark: SegmentMark) -> bool:
+        return (mark.session, mark.sequence) in self._marks
+
+
 class _Open:
     __slots__ = ("last_delta", "last_ts", "mark", "muxer", "parts")
 
@@ -75,27 +97,37 @@ class Segmenter:
         self.audio_config: codecs.AacConfig | None = None
         self._open: _Open | None = None
         self._skipping: SegmentMark | None = None  # a segment joined mid-way
+        self._configured_in = ConfiguredIn()
         self.errors = 0
 
+    def abandon(self) -> None:
+        """Frames were lost (this subscriber fell behind): drop the segment in progress and
+        wait for the next one."""
+        self._open = None
+
     def feed(self, frame: Frame) -> Segment | None:
+        mark = frame.mark
         if frame.config:
             self._configure(frame)
+            self._configured_in.note(mark)
             return None
-        mark = frame.mark
         if mark is None or frame.kind is FrameKind.DATA:
             return None
         done: Segment | None = None
         current = self._open
         if current is None or mark is not current.mark:
-            if current is not None and mark.sequence == current.mark.sequence:
-                pass  # same segment, different object (e.g. relayed): keep going
+            if current is not None and mark.sequence == current.mark.sequence \
+                    and mark.session == current.mark.session:
+                pass  # same segment, different object (a part, or relayed): keep going
             else:
-                if current is not None:
+                if current is not None and mark.session == current.mark.session:
                     done = self._close(current, next_start=mark.start
                                        if mark.discontinuity == current.mark.discontinuity
                                        else None)
-                    self._open = None
-                if not self._starts(frame, mark):
+                # (a new session mid-subscription — an edge following its stream to another
+                # origin — drops the segment: how the old session ended is not known here)
+                self._open = None
+                if not self._starts(frame, mark) or self._configured_in.during(mark):
                     self._skipping = mark
                     return done
                 self._skipping = None

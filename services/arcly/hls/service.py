@@ -18,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import math
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from arcly.engine import (
@@ -41,6 +42,9 @@ log = logging.getLogger("arcly.hls")
 
 EXTRA_KEPT = 3  # segments kept after they leave the playlist, for late fetches
 MAX_TRACKED_CLIENTS = 100_000  # per node, for the viewer estimate (oldest forgotten first)
+# A stream that ended may come back (the broadcaster reconnects): the playlist gets its
+# EXT-X-ENDLIST (players stop on it) only this long after the end, unless it did.
+END_GRACE = 3.0
 
 
 class HlsVariant(enum.StrEnum):
@@ -85,15 +89,29 @@ class HlsSettings:
         return 3 * self.segment_seconds + 4
 
 
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """The segment being cut (Low-Latency): its parts so far and what comes next."""
+
+    parts: tuple[Part, ...]
+    sequence: int
+    discontinuity: int
+    session: int
+    init: str
+    next_part: int  # the index of the part being filled (the next one to appear)
+
+
 class _KeyState:
-    __slots__ = ("_media", "changed", "cutter", "ended", "key", "last_access", "rendered",
-                 "runner", "segments", "sticky")
+    __slots__ = ("_media", "changed", "cutter", "ended", "ended_at", "inits", "key",
+                 "last_access", "rendered", "runner", "segments", "sticky")
 
     def __init__(self, key: StreamKey, keep: int) -> None:
         self.key = key
         self.segments: deque[Segment] = deque(maxlen=keep)
         self.cutter: CmafSegmenter | None = None  # its pending segment's parts are served
+        self.inits: dict[str, bytes] = {}  # init segments the window and pending parts name
         self.ended = False
+        self.ended_at = 0.0  # monotonic, when ``ended`` turned true
         self.runner: asyncio.Task[None] | None = None
         self.changed = asyncio.Event()
         self.last_access = time.monotonic()
@@ -108,58 +126,82 @@ class _KeyState:
             # The publishing node forgot this key's timeline (restart): start a fresh window.
             self.segments.clear()
         self.segments.append(segment)
-        self._notify()
+        self._keep_inits()
+        self.notify()
 
     def add_part(self, part: Part) -> None:
-        self._notify()
+        self._keep_inits()
+        self.notify()
 
-    def pending_parts(self) -> tuple[Sequence[Part], int, str, int] | None:
-        """The segment being cut: its parts so far, discontinuity, init URI, sequence."""
-        pending = self.cutter.pending if self.cutter is not None else None
-        if pending is None:
+    def _keep_inits(self) -> None:
+        """Hold the init segments that listed media names (a republish replaces the
+        segmenter, not the window), and only those."""
+        pending = self.pending()
+        named = {s.init for s in self.segments if s.init}
+        if pending is not None:
+            named.add(pending.init)
+        for uri in named - self.inits.keys():
+            data = self.cutter.init_segment(uri) if self.cutter is not None else None
+            if data is not None:
+                self.inits[uri] = data
+        for uri in self.inits.keys() - named:
+            del self.inits[uri]
+
+    def pending(self) -> _Pending | None:
+        """The segment being cut, once it has a part."""
+        open_segment = self.cutter.pending if self.cutter is not None else None
+        if open_segment is None or not open_segment.parts:
             return None
-        mark = pending.mark
-        return pending.parts, mark.discontinuity, pending.init.uri, mark.sequence
+        mark = open_segment.mark
+        filling = open_segment.part
+        next_part = (filling.mark.part if filling is not None
+                     else open_segment.parts[-1].index + 1)
+        return _Pending(tuple(open_segment.parts), mark.sequence, mark.discontinuity,
+                        mark.session, open_segment.init.uri, next_part)
+
+    def last_complete(self) -> int:
+        return self.segments[-1].sequence if self.segments else -1
 
     def latest(self) -> tuple[int, int]:
-        """(media sequence, parts) of the newest media: the segment being cut and how many of
-        its parts exist, else the last complete segment's successor with none."""
-        pending = self.pending_parts()
-        if pending is not None and pending[0]:
-            return pending[3], len(pending[0])
-        return (self.segments[-1].sequence + 1 if self.segments else 0), 0
+        """(media sequence, part index) of the next part to appear."""
+        pending = self.pending()
+        if pending is not None:
+            return pending.sequence, pending.next_part
+        return self.last_complete() + 1, 0
 
     def has(self, msn: int, part: int | None) -> bool:
-        """Whether segment ``msn`` is complete (``part`` None), or its part ``part`` exists."""
-        if self.segments and self.segments[-1].sequence >= msn:
+        """Whether segment ``msn`` is complete (``part`` None), or its part ``part`` (or a
+        later one) exists."""
+        if self.last_complete() >= msn:
             return True
-        if part is None:
+        pending = self.pending()
+        if part is None or pending is None:
             return False
-        newest, parts = self.latest()
-        return newest > msn or (newest == msn and parts > part)
+        return pending.sequence > msn or (
+            pending.sequence == msn and pending.parts[-1].index >= part)
 
-    def part(self, uri: str) -> Part | None:
-        pending = self.pending_parts()
-        for part in pending[0] if pending is not None else ():
-            if part.uri == uri:
-                return part
-        for segment in reversed(self.segments):
-            for part in segment.parts:
-                if part.uri == uri:
-                    return part
-        return None
+    def final(self) -> bool:
+        """The stream ended and did not come back within ``END_GRACE``: the playlist ends."""
+        return (self.ended and self.runner is None
+                and time.monotonic() - self.ended_at >= END_GRACE)
+
+    def waiting(self) -> bool:
+        """Whether media may still come (a request may wait for it)."""
+        return self.runner is not None or (self.ended and not self.final())
 
     def media(self, uri: str) -> bytes | None:
-        """A segment or part by URI (an index rebuilt once per change)."""
+        """A segment, part or init segment by URI (an index rebuilt once per change)."""
         if self._media is None:
             media = {p.uri: p.data for s in self.segments for p in s.parts}
             media.update((s.uri, s.data) for s in self.segments)
-            pending = self.pending_parts()
-            media.update((p.uri, p.data) for p in (pending[0] if pending is not None else ()))
+            pending = self.pending()
+            media.update((p.uri, p.data) for p in (pending.parts if pending else ()))
+            media.update(self.inits)
             self._media = media
         return self._media.get(uri)
 
-    def _notify(self) -> None:
+    def notify(self) -> None:
+        """Something changed: drop what was derived from the old state, wake the waiters."""
         self.rendered.clear()
         self._media = None
         self.changed.set()
@@ -225,29 +267,39 @@ class HlsService(NullObserver):
         if not self._has_media(state):
             return None
         if msn is not None and self.low_latency:
-            newest, _ = state.latest()
-            if msn > newest + 2:
-                raise BlockingReloadError(400, f"_HLS_msn={msn} is more than two segments "
-                                               f"ahead of {newest}")
-            await self._until(state, lambda s: s.has(msn, part) or s.runner is None,
+            self._check_ahead(state, msn, part)
+            await self._until(state, lambda s: s.has(msn, part) or s.final(),
                               self.settings.blocking_wait)
-            if not state.has(msn, part) and state.runner is not None:
+            if not state.has(msn, part) and not state.final():
                 raise BlockingReloadError(503, f"segment {msn} part {part} not ready in time")
         return self._render(state, f"?{query}" if query else "")
 
+    def _check_ahead(self, state: _KeyState, msn: int, part: int | None) -> None:
+        """RFC 8216bis 6.2.5.2: more than two segments past the last one, or more parts past
+        the newest than the Advance Part Limit, is refused at once (400)."""
+        last = state.last_complete()
+        if last < 0:
+            last = state.latest()[0]
+        if msn > last + 2:
+            raise BlockingReloadError(400, f"_HLS_msn={msn} is more than two segments ahead "
+                                           f"of {last}")
+        newest, next_part = state.latest()
+        limit = math.ceil(3 / self.settings.part_seconds) if self.settings.part_seconds < 1 \
+            else 3
+        if part is not None and msn >= newest and part > next_part + limit:
+            raise BlockingReloadError(400, f"_HLS_part={part} is more than {limit} parts "
+                                           f"ahead")
+
     def _has_media(self, state: _KeyState) -> bool:
-        if state.segments:
-            return True
-        pending = state.pending_parts()
-        return bool(self.low_latency and pending is not None and pending[0])
+        return bool(state.segments) or (self.low_latency and state.pending() is not None)
 
     @staticmethod
     async def _until(state: _KeyState, ready: Callable[[_KeyState], bool],
                      wait: float) -> None:
-        """Wait (on the key's ``changed`` event, no polling) until ``ready`` or ``wait``
-        seconds passed or the segmenter stopped."""
+        """Wait (on the key's ``changed`` event, no polling) until ``ready``, ``wait`` seconds
+        passed, or no more media can come."""
         deadline = time.monotonic() + wait
-        while not ready(state) and state.runner is not None:
+        while not ready(state) and state.waiting():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
@@ -266,17 +318,19 @@ class HlsService(NullObserver):
 
     def _render_now(self, state: _KeyState, suffix: str) -> str:
         window = list(state.segments)[-self.settings.window:]
-        ended = state.ended and state.runner is None
+        ended = state.final()
         low_latency = None
         if self.low_latency:
-            pending = state.pending_parts()
-            newest, parts = state.latest()
-            parts_of, discontinuity, init, _ = pending if pending is not None and pending[0] \
-                else ((), 0, "", 0)
-            session = (parts_of[0].session if parts_of else
-                       window[-1].session if window else 0)
-            low_latency = LowLatency(self.settings.part_seconds, parts_of, discontinuity, init,
-                                     f"{session}-{newest}.{parts}.m4s")
+            pending = state.pending()
+            if pending is not None:
+                low_latency = LowLatency(self.settings.part_seconds, pending.parts,
+                                         pending.discontinuity, pending.init,
+                                         f"{pending.session}-{pending.sequence}."
+                                         f"{pending.next_part}.m4s")
+            else:  # between segments: the next one's first part
+                session = window[-1].session if window else 0
+                low_latency = LowLatency(self.settings.part_seconds, next_part=(
+                    f"{session}-{state.last_complete() + 1}.0.m4s" if window else None))
         return render_playlist(window, target=self.settings.segment_seconds, ended=ended,
                                suffix=suffix, low_latency=low_latency)
 
@@ -286,8 +340,6 @@ class HlsService(NullObserver):
         if state is None:
             return None
         state.last_access = time.monotonic()
-        if uri.endswith(".mp4"):
-            return state.cutter.init_segment(uri) if state.cutter is not None else None
         return state.media(uri)
 
     async def part(self, key: StreamKey, uri: str) -> bytes | None:
@@ -299,10 +351,10 @@ class HlsService(NullObserver):
         wanted = _part_position(uri)
         if wanted is None:
             return None
-        newest, parts = state.latest()
-        if wanted not in ((newest, parts), (newest + 1, 0)):
+        newest, next_part = state.latest()
+        if wanted not in ((newest, next_part), (newest + 1, 0)):
             return None  # not the next part: it will not come (or is gone)
-        await self._until(state, lambda s: s.part(uri) is not None,
+        await self._until(state, lambda s: s.media(uri) is not None or s.final(),
                           self.settings.blocking_wait)
         return self.segment(key, uri)
 
@@ -332,6 +384,7 @@ class HlsService(NullObserver):
             return state
         state.ended = False
         state.runner = asyncio.create_task(self._segment(state, sub), name=f"hls-{key}")
+        state.notify()  # not ended any more (a cached ENDLIST playlist must go)
         return state
 
     def on_publish_start(self, key: StreamKey, protocol: str, peer: str) -> None:
@@ -350,7 +403,9 @@ class HlsService(NullObserver):
             else:
                 await self._cut_cmaf(state, sub)
             if sub.stream.ended.cancelled:
-                state.ended = True
+                state.ended, state.ended_at = True, time.monotonic()
+                # Held requests learn of the end (EXT-X-ENDLIST) once the grace has passed.
+                asyncio.get_running_loop().call_later(END_GRACE + 0.01, state.notify)
                 reason = sub.close_reason
         except Exception:
             log.exception("hls segmenter failed stream=%s", state.key)
@@ -358,12 +413,16 @@ class HlsService(NullObserver):
         finally:
             sub.close(reason)
             state.runner = None
-            state._notify()
+            state.notify()
 
     @staticmethod
     async def _cut_ts(state: _KeyState, sub: Subscription) -> None:
         segmenter = Segmenter()
+        dropped = sub.dropped
         while batch := await sub.next_batch():
+            if sub.dropped != dropped:  # fell behind: what it cuts now would differ
+                dropped = sub.dropped
+                segmenter.abandon()
             for frame in batch:
                 done = segmenter.feed(frame)
                 if done is not None:
@@ -384,7 +443,12 @@ class HlsService(NullObserver):
                 else:
                     state.add(item)
 
+        dropped = sub.dropped
         while batch := await sub.next_batch():
+            if sub.dropped != dropped:  # fell behind: what it cuts now would differ
+                dropped = sub.dropped
+                segmenter.abandon()
+                state.notify()
             for frame in batch:
                 take(segmenter.feed(frame))
         if sub.stream.ended.cancelled:

@@ -200,7 +200,9 @@ class Recorder:
                 self._inits_written.add(segment.init)
                 self._submit(len(init), _write_file, self.storage,
                              f"{self.base}/{segment.init}", init, False)
-        self._segments.append(segment)
+        # The playlist needs the segment's name and duration, not its media (a recording of
+        # hours would hold all of it).
+        self._segments.append(dataclasses.replace(segment, data=b"", parts=()))
         name = f"{self.base}/{segment.uri}"
         self._submit(len(segment.data), _write_file, self.storage, name, segment.data, False)
         playlist = render_playlist(self._segments, target=self.settings.segment_seconds,

@@ -9,11 +9,20 @@ import m3u8
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from arcly.engine import Engine, EngineConfig, Frame, FrameKind, SegmentMark
+from arcly.engine import EngineConfig, Frame, FrameKind, SegmentMark
 from arcly.hls.cmaf import CmafSegmenter
 from arcly.hls.playlist import LowLatency, render_playlist
 from arcly.hls.segmenter import Part, Segment
-from tests.unit.hls.test_segmenter import KEY, sessions, timeline
+from arcly.media.flv import make_frame
+from tests.unit.hls.test_segmenter import (
+    AAC_CONFIG,
+    AVC_CONFIG,
+    audio,
+    replay,
+    sessions,
+    timeline,
+    video,
+)
 
 PART_MS = 200
 
@@ -21,34 +30,22 @@ PART_MS = 200
 async def run_cmaf(sessions_frames: list[list[Frame]], join_after_ms: int
                    ) -> tuple[list[Part | Segment], list[Part | Segment], list[Frame]]:
     """An early and a late CMAF segmenter over the same publishes; also every stamped frame."""
-    engine = Engine(EngineConfig(segment_target=2.0, part_target=PART_MS / 1000))
     early, late = CmafSegmenter(), CmafSegmenter()
     early_out: list[Part | Segment] = []
     late_out: list[Part | Segment] = []
     stamped: list[Frame] = []
-    late_sub = None
-    elapsed = 0
-    for frames in sessions_frames:
-        handle = await engine.start_publish(KEY)
-        early_sub = await engine.subscribe(KEY)
-        if late_sub is not None:
-            late_sub = await engine.subscribe(KEY)
-        previous = frames[0].timestamp
-        for frame in frames:
-            elapsed += max(0, min(frame.timestamp - previous, 100))
-            previous = frame.timestamp
-            handle.publish_frame(frame)
-            if late_sub is None and elapsed >= join_after_ms:
-                late_sub = await engine.subscribe(KEY)  # joins with the GOP cache
-            for sub, cutter, out in ((early_sub, early, early_out), (late_sub, late, late_out)):
-                if sub is not None:
-                    for f in await sub.next_batch():
-                        if cutter is early:
-                            stamped.append(f)
-                        out.extend(cutter.feed(f))
-        await engine.end_publish(KEY)
-        early_out += early.finish()
-        late_out += late.finish()
+
+    def take_early(frame: Frame) -> None:
+        stamped.append(frame)
+        early_out.extend(early.feed(frame))
+
+    def ended() -> None:
+        early_out.extend(early.finish())
+        late_out.extend(late.finish())
+
+    await replay(sessions_frames, join_after_ms,
+                 EngineConfig(segment_target=2.0, part_target=PART_MS / 1000), take_early,
+                 lambda frame: late_out.extend(late.feed(frame)), ended)
     return early_out, late_out, stamped
 
 
@@ -150,3 +147,41 @@ def test_marks_are_one_object_per_part() -> None:
     assert (mark.part, mark.part_start, mark.independent) == (2, 500, False)
     assert SegmentMark(1, 0, 100, 7) == SegmentMark(1, 0, 100, 7, 0, 100, True), \
         "part 0 starts with its segment (marks of origins without parts)"
+
+
+def test_a_late_node_skips_a_segment_whose_configuration_changed_after_its_start() -> None:
+    """The audio header arrives 100 ms into a segment: the node that saw it cuts that segment
+    without audio; a node joining later gets the header before the cached GOP (the kernel's
+    snapshot) and must not cut the same URIs with audio."""
+    frames = [make_frame(FrameKind.VIDEO, 0, AVC_CONFIG)]
+    for n, ts in enumerate(range(0, 8000, 33)):
+        frames.append(video(ts, ts % 990 == 0, n))
+        if ts == 2079:
+            frames.append(make_frame(FrameKind.AUDIO, ts, AAC_CONFIG))
+        if ts > 2079:
+            frames.append(audio(ts + 5, n))
+    early, late, _ = asyncio.run(run_cmaf([frames], 2500))
+    by_uri = {item.uri: item for item in early}
+    late_segments = [s for s in late if isinstance(s, Segment)]
+    assert late_segments and all(s.uri in by_uri for s in late_segments[:-1])
+    for item in late:
+        if item.uri in by_uri:
+            assert item.data == by_uri[item.uri].data, f"{item.uri} differs"
+    inits = {s.init for s in early if isinstance(s, Segment)}
+    assert len(inits) == 2, "a new init segment (with audio) from the next keyframe on"
+
+
+def test_data_frames_neither_open_parts_nor_break_the_timeline() -> None:
+    frames = [make_frame(FrameKind.VIDEO, 0, AVC_CONFIG), make_frame(FrameKind.AUDIO, 0,
+                                                                     AAC_CONFIG)]
+    for n, ts in enumerate(range(0, 6000, 33)):
+        frames.append(video(ts, ts % 1980 == 0, n))
+        frames.append(audio(ts + 5, n))
+        if n % 20 == 7:  # a cue point with a timestamp of its own (0)
+            frames.append(make_frame(FrameKind.DATA, 0, b"\x02\x00\x0aonCuePoint"))
+    early, _, _ = asyncio.run(run_cmaf([frames], 10**9))
+    segments = [s for s in early if isinstance(s, Segment)]
+    assert len({s.discontinuity for s in segments}) == 1, "no discontinuity from cue points"
+    for segment in segments:
+        assert [p.index for p in segment.parts] == list(range(len(segment.parts)))
+        assert all(p.duration >= 0.1 for p in segment.parts[:-1])

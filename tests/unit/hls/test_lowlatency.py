@@ -5,6 +5,7 @@ up in time (503); the hinted next part is held until it exists; held requests co
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
@@ -12,6 +13,7 @@ import m3u8
 import pytest
 
 from arcly.engine import Engine, Frame, PublishHandle, ShutdownToken
+from arcly.hls import service as service_module
 from arcly.hls.service import BlockingReloadError, HlsService, HlsSettings, HlsVariant
 from tests.support.wait import eventually
 from tests.unit.hls.test_service import KEY, new_engine, segmenting, session
@@ -27,6 +29,20 @@ async def feed_until(handle: PublishHandle, frames: Iterator[Frame],
         if done():
             return
     raise AssertionError("ran out of frames")
+
+
+async def midway(service: HlsService, handle: PublishHandle, until_ms: int
+                 ) -> tuple[Iterator[Frame], int, int]:
+    """Publish up to ``until_ms`` into the stream; the frames left, and the newest media
+    (sequence, parts of it) the playlist lists then."""
+    frames = iter(session(gops=3))
+    for frame in frames:
+        handle.publish_frame(frame)
+        if frame.timestamp >= until_ms:
+            break
+    assert await service.playlist(KEY) is not None
+    newest, parts = service._states[KEY].latest()
+    return frames, newest, parts
 
 
 @pytest.fixture
@@ -52,15 +68,7 @@ async def live() -> AsyncIterator[tuple[Engine, HlsService, PublishHandle]]:
 async def test_a_blocking_request_returns_once_its_part_exists(
         live: tuple[Engine, HlsService, PublishHandle]) -> None:
     _, service, handle = live
-    frames = session(gops=3)
-    handle_frames = iter(frames)
-    for frame in handle_frames:  # up to the middle of the second segment
-        handle.publish_frame(frame)
-        if frame.timestamp >= 3000:
-            break
-    text = await service.playlist(KEY)
-    assert text is not None
-    newest, parts = service._states[KEY].latest()
+    handle_frames, newest, parts = await midway(service, handle, 3000)  # in segment 2
     request = asyncio.create_task(service.playlist(KEY, msn=newest, part=parts))
     await asyncio.sleep(0.05)
     assert not request.done(), "held: that part does not exist yet"
@@ -106,18 +114,12 @@ async def test_a_request_too_far_ahead_is_refused_and_one_that_never_comes_times
 async def test_the_hinted_part_is_held_until_it_exists_and_other_missing_parts_are_not(
         live: tuple[Engine, HlsService, PublishHandle]) -> None:
     _, service, handle = live
-    frames = iter(session(gops=3))
-    for frame in frames:
-        handle.publish_frame(frame)
-        if frame.timestamp >= 2500:
-            break
-    assert await service.playlist(KEY) is not None
-    newest, parts = service._states[KEY].latest()
+    frames, newest, parts = await midway(service, handle, 2500)
     hinted = f"{handle.token}-{newest}.{parts}.m4s"
     fetch = asyncio.create_task(service.part(KEY, hinted))
     assert await service.part(KEY, f"{handle.token}-{newest}.{parts + 5}.m4s") is None
     assert not fetch.done()
-    await feed_until(handle, frames, lambda: service._states[KEY].part(hinted) is not None)
+    await feed_until(handle, frames, lambda: service._states[KEY].media(hinted) is not None)
     data = await asyncio.wait_for(fetch, 1.0)
     assert data is not None and data[4:8] == b"moof"
 
@@ -125,13 +127,7 @@ async def test_the_hinted_part_is_held_until_it_exists_and_other_missing_parts_a
 async def test_held_requests_wait_without_using_the_cpu(
         live: tuple[Engine, HlsService, PublishHandle]) -> None:
     _, service, handle = live
-    frames = iter(session(gops=3))
-    for frame in frames:
-        handle.publish_frame(frame)
-        if frame.timestamp >= 2500:
-            break
-    assert await service.playlist(KEY) is not None
-    newest, parts = service._states[KEY].latest()
+    frames, newest, parts = await midway(service, handle, 2500)
     held = [asyncio.create_task(service.playlist(KEY, msn=newest, part=parts))
             for _ in range(2000)]
     await asyncio.sleep(0.1)  # all of them parked on the key's one event
@@ -143,3 +139,42 @@ async def test_held_requests_wait_without_using_the_cpu(
     await feed_until(handle, frames, lambda: service._states[KEY].has(newest, parts))
     texts = await asyncio.wait_for(asyncio.gather(*held), 10)
     assert len(set(texts)) == 1 and f"{newest}.{parts}.m4s" in texts[0]
+
+
+async def test_a_republish_keeps_held_requests_and_the_old_init_segment(
+        live: tuple[Engine, HlsService, PublishHandle],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(service_module, "END_GRACE", 0.5)
+    engine, service, handle = live
+    _, newest, _ = await midway(service, handle, 2500)
+    text = await service.playlist(KEY)
+    assert text is not None
+    old_init = re.search(r'#EXT-X-MAP:URI="([^"]+)"', text)
+    assert old_init is not None
+    await engine.end_publish(KEY)  # the broadcaster's connection broke ...
+    await eventually(lambda: service._states[KEY].runner is None)
+    ended = await service.playlist(KEY)
+    assert ended is not None and "#EXT-X-ENDLIST" not in ended, "not over yet: it may return"
+    held = asyncio.create_task(service.playlist(KEY, msn=newest + 1, part=0))
+    await asyncio.sleep(0.05)
+    assert not held.done()
+    second = await engine.start_publish(KEY)  # ... and it reconnects
+    await segmenting(engine)
+    await feed_until(second, iter(session(gops=2)),
+                     lambda: service._states[KEY].has(newest + 1, 0))
+    text = await asyncio.wait_for(held, 2.0)
+    assert "#EXT-X-ENDLIST" not in text and "#EXT-X-DISCONTINUITY" in text
+    assert f"{second.token}-{newest + 1}.0.m4s" in text
+    assert service.segment(KEY, old_init.group(1)) is not None, "the old init is still named"
+
+
+async def test_the_end_is_announced_once_the_stream_did_not_come_back(
+        live: tuple[Engine, HlsService, PublishHandle],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(service_module, "END_GRACE", 0.3)
+    engine, service, handle = live
+    _, newest, _ = await midway(service, handle, 2500)
+    held = asyncio.create_task(service.playlist(KEY, msn=newest + 1, part=0))
+    await engine.end_publish(KEY)
+    text = await asyncio.wait_for(held, 3.0)
+    assert text.rstrip().endswith("#EXT-X-ENDLIST") and "PRELOAD-HINT" not in text

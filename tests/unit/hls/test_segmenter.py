@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from collections.abc import Callable
 
 import m3u8
 from hypothesis import given, settings
@@ -65,12 +66,13 @@ def timeline(spec: list[tuple[int, list[int], tuple[int, int] | None]]) -> list[
     return out
 
 
-async def run_segmenters(sessions_frames: list[list[Frame]], join_after_ms: int
-                         ) -> tuple[list[Segment], list[Segment]]:
-    engine = Engine(EngineConfig(segment_target=2.0))
-    early, late = Segmenter(), Segmenter()
-    early_out: list[Segment] = []
-    late_out: list[Segment] = []
+async def replay(sessions_frames: list[list[Frame]], join_after_ms: int, config: EngineConfig,
+                 early: Callable[[Frame], None], late: Callable[[Frame], None],
+                 ended: Callable[[], None]) -> None:
+    """Publish the sessions through a kernel: ``early`` gets every frame a subscriber from the
+    start gets, ``late`` those of one that joins after ``join_after_ms`` of media (with the GOP
+    cache, as a node that starts segmenting late); ``ended`` after each session."""
+    engine = Engine(config)
     late_sub = None
     elapsed = 0
     for frames in sessions_frames:
@@ -85,17 +87,35 @@ async def run_segmenters(sessions_frames: list[list[Frame]], join_after_ms: int
             handle.publish_frame(frame)
             if late_sub is None and elapsed >= join_after_ms:
                 late_sub = await engine.subscribe(KEY)  # joins with the GOP cache
-            for sub, seg, out in ((early_sub, early, early_out), (late_sub, late, late_out)):
+            for sub, take in ((early_sub, early), (late_sub, late)):
                 if sub is not None:
                     for f in await sub.next_batch():
-                        done = seg.feed(f)
-                        if done:
-                            out.append(done)
+                        take(f)
         await engine.end_publish(KEY)
-        for seg, out in ((early, early_out), (late, late_out)):
-            done = seg.finish()
+        ended()
+
+
+async def run_segmenters(sessions_frames: list[list[Frame]], join_after_ms: int
+                         ) -> tuple[list[Segment], list[Segment]]:
+    early, late = Segmenter(), Segmenter()
+    early_out: list[Segment] = []
+    late_out: list[Segment] = []
+
+    def taker(segmenter: Segmenter, out: list[Segment]) -> Callable[[Frame], None]:
+        def take(frame: Frame) -> None:
+            done = segmenter.feed(frame)
             if done:
                 out.append(done)
+        return take
+
+    def ended() -> None:
+        for segmenter, out in ((early, early_out), (late, late_out)):
+            done = segmenter.finish()
+            if done:
+                out.append(done)
+
+    await replay(sessions_frames, join_after_ms, EngineConfig(segment_target=2.0),
+                 taker(early, early_out), taker(late, late_out), ended)
     return early_out, late_out
 
 

@@ -17,6 +17,10 @@ def test_parses_a_flv_request() -> None:
 @pytest.mark.parametrize("head", [
     b"GET /x", b"GET x HTTP/1.1", b"GET /x HTTP/2.0", b"G T /x HTTP/1.1",
     b"GET /x HTTP/1.1\r\nbad header", b"GET /%00 HTTP/1.1", b"GET /x HTTP/1.1\r\n: v",
+    # Framing a proxy could read differently (smuggling on a kept-alive connection):
+    b"GET /x HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 0",
+    b"GET /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\ntransfer-encoding: identity",
+    b"GET /x HTTP/1.1\r\nHost: a\r\nHost: b", b"GET /x HTTP/1.1\r\nX-A: 1\x00",
 ])
 def test_malformed_heads_are_refused(head: bytes) -> None:
     with pytest.raises(ProtocolError):

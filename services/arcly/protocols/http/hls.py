@@ -23,8 +23,12 @@ class HlsRoutes:
     async def _admit(self, exchange: Exchange, params: dict[str, str]) -> StreamKey | None:
         try:
             key = StreamKey(params["app"], params["stream"])
+            # The credentials, without the blocking-reload position (it changes on every
+            # reload and would defeat auth caches, e.g. a webhook's).
+            query = {k: v for k, v in exchange.request.query.items()
+                     if not k.startswith("_HLS_")}
             await exchange.registry.authorize(AuthRequest(
-                Action.PLAY, key, "hls", exchange.peer, exchange.request.query))
+                Action.PLAY, key, "hls", exchange.peer, query))
         except InvalidStreamKey as exc:
             exchange.respond(404, f"{exc}\n")
             return None
@@ -102,7 +106,6 @@ class HlsRoutes:
 def _number(text: str | None) -> int | None:
     if text is None:
         return None
-    value = int(text)
-    if value < 0:
+    if not (text.isascii() and text.isdigit() and len(text) <= 18):
         raise ValueError(text)
-    return value
+    return int(text)

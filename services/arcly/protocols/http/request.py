@@ -9,6 +9,7 @@ from arcly.engine.errors import ProtocolError
 
 MAX_HEAD = 16 * 1024
 MAX_HEADERS = 64
+_SINGLE = frozenset({"content-length", "transfer-encoding", "host"})
 _TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
@@ -53,7 +54,14 @@ def parse_request(head: bytes) -> Request:
         name, sep, value = line.partition(":")
         if not sep or not name or name != name.strip() or not all(ord(c) in _TOKEN for c in name):
             raise ProtocolError("HTTP: malformed header line")
-        headers[name.lower()] = value.strip()
+        if any(c in value for c in "\r\n\x00"):
+            raise ProtocolError("HTTP: control characters in a header value")
+        lowered = name.lower()
+        if lowered in headers and lowered in _SINGLE:
+            # Two framing headers could be read differently by a proxy in front (request
+            # smuggling on a kept-alive connection): refuse.
+            raise ProtocolError(f"HTTP: repeated {name} header")
+        headers[lowered] = value.strip()
     query = dict(parse_qsl(raw_query, keep_blank_values=True))
     return Request(method, path, query, version, headers)
 

@@ -105,10 +105,12 @@ class HttpServer(ListeningHandler):
                 exchange = Exchange(request, reader, writer, peer=peer, ip=ip,
                                     registry=registry, keep_alive=self._may_keep(request, served))
                 await self._dispatch(exchange)
-                if not exchange.keep_alive:
+                if not exchange.keep_alive or self.listener.stopping:
                     break
-                await writer.drain()
-        except (ConnectionError, OSError):
+                # A client that sends requests but does not read the answers is cut.
+                async with asyncio.timeout(self.settings.stall_timeout):
+                    await writer.drain()
+        except (ConnectionError, OSError, TimeoutError):
             pass
         finally:
             await close_writer(writer)
