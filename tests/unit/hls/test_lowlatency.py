@@ -5,6 +5,7 @@ up in time (503); the hinted next part is held until it exists; held requests co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -48,8 +49,15 @@ async def midway(service: HlsService, handle: PublishHandle, until_ms: int
 @pytest.fixture
 async def live() -> AsyncIterator[tuple[Engine, HlsService, PublishHandle]]:
     """A Low-Latency service segmenting a live publish (nothing published yet)."""
-    service = HlsService(HlsSettings(segment_seconds=2.0, part_seconds=0.2,
-                                     variant=HlsVariant.LOWLATENCY))
+    async with serving(2.0, 0.2) as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def serving(segment_seconds: float, part_seconds: float
+                  ) -> AsyncIterator[tuple[Engine, HlsService, PublishHandle]]:
+    service = HlsService(HlsSettings(segment_seconds=segment_seconds,
+                                     part_seconds=part_seconds, variant=HlsVariant.LOWLATENCY))
     engine = new_engine(service)
     shutdown = ShutdownToken()
     runner = asyncio.create_task(service.run(engine, shutdown))
@@ -83,16 +91,7 @@ async def test_a_blocking_request_returns_once_its_part_exists(
 
 async def test_a_request_too_far_ahead_is_refused_and_one_that_never_comes_times_out(
         ) -> None:
-    service = HlsService(HlsSettings(segment_seconds=0.5, part_seconds=0.1,
-                                     variant=HlsVariant.LOWLATENCY))  # holds 1.5 s at most
-    engine = new_engine(service)
-    shutdown = ShutdownToken()
-    runner = asyncio.create_task(service.run(engine, shutdown))
-    await eventually(lambda: service.registry is engine)
-    handle = await engine.start_publish(KEY)
-    await service.start(KEY)
-    await segmenting(engine)
-    try:
+    async with serving(0.5, 0.1) as (_, service, handle):  # holds 1.5 s at most
         for frame in session(gops=1)[:12]:  # a few parts of the first segment, then silence
             handle.publish_frame(frame)
         assert await service.playlist(KEY) is not None
@@ -105,10 +104,6 @@ async def test_a_request_too_far_ahead_is_refused_and_one_that_never_comes_times
             await service.playlist(KEY, msn=newest + 1, part=0)
         assert late.value.status == 503
         assert time.monotonic() - started >= 1.4, "held for three target durations first"
-    finally:
-        await engine.end_publish(KEY, "test over")
-        shutdown.cancel()
-        await asyncio.wait_for(runner, 10)
 
 
 async def test_the_hinted_part_is_held_until_it_exists_and_other_missing_parts_are_not(
