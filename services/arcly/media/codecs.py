@@ -126,11 +126,13 @@ def parse_video_config(packet: VideoPacket) -> VideoConfig | None:
     return None
 
 
-def to_annexb(data: bytes, config: VideoConfig, *, keyframe: bool) -> bytes:
-    """Length-prefixed NAL units → Annex-B: an access unit delimiter first, the parameter sets
-    before every keyframe, in-band delimiters dropped (ours replace them)."""
+def to_annexb(data: bytes, config: VideoConfig, *, keyframe: bool,
+              delimiter: bool = True) -> bytes:
+    """Length-prefixed NAL units → Annex-B: an access unit delimiter first (MPEG-TS needs one;
+    ``delimiter=False`` for RTP, which marks access units itself), the parameter sets before
+    every keyframe, in-band delimiters dropped (ours replace them)."""
     hevc = config.codec == HEVC
-    out = [AUD_HEVC if hevc else AUD_H264]
+    out = [AUD_HEVC if hevc else AUD_H264] if delimiter else []
     if keyframe:
         out.append(config.annexb_parameter_sets())
     size_len = config.nal_length_size
@@ -149,6 +151,40 @@ def to_annexb(data: bytes, config: VideoConfig, *, keyframe: bool) -> bytes:
         out.append(START_CODE)
         out.append(nal)
     return b"".join(out)
+
+
+def split_annexb(data: bytes) -> list[bytes]:
+    """Annex-B → its NAL units (start codes of 3 or 4 bytes removed, empty units dropped)."""
+    units: list[bytes] = []
+    start = -1
+    pos = 0
+    end = len(data)
+    while True:
+        found = data.find(b"\x00\x00\x01", pos)
+        if found < 0:
+            break
+        if start >= 0:
+            unit_end = found - 1 if found > 0 and data[found - 1] == 0 else found
+            if unit_end > start:
+                units.append(data[start:unit_end])
+        start = pos = found + 3
+    if start >= 0 and start < end:
+        units.append(data[start:])
+    return units
+
+
+def avc_config_record(sps: bytes, pps: bytes) -> bytes:
+    """An AVCDecoderConfigurationRecord (ISO 14496-15 §5.3.3.1) for one SPS and one PPS, with
+    4-byte NAL lengths: what an RTMP publisher sends as its AVC sequence header."""
+    if len(sps) < 4 or len(pps) < 1:
+        raise ProtocolError("SPS or PPS too short for an AVC configuration record")
+    return (bytes((1, sps[1], sps[2], sps[3], 0xFF, 0xE1)) + struct.pack(">H", len(sps)) + sps
+            + b"\x01" + struct.pack(">H", len(pps)) + pps)
+
+
+def length_prefixed(units: list[bytes]) -> bytes:
+    """NAL units → 4-byte length-prefixed (AVCC) form."""
+    return b"".join(struct.pack(">I", len(unit)) + unit for unit in units)
 
 
 # Sampling frequencies by samplingFrequencyIndex (ISO 14496-3 §1.6.3.3).
