@@ -41,13 +41,14 @@ class Admission:
     counted in ``refused`` (by limit) and logged at most once a second per limit."""
 
     __slots__ = ("_last_log", "_per_ip", "allow_publish", "connections", "draining", "limits",
-                 "refused")
+                 "publishers", "refused")
 
     def __init__(self, limits: Limits | None = None, *, allow_publish: bool = True) -> None:
         self.limits = limits or Limits()
         self.allow_publish = allow_publish
         self.draining = False
         self.connections = 0
+        self.publishers = 0  # live publishers of every protocol (RTMP, WHIP, ...)
         self._per_ip: dict[str, int] = {}
         self.refused: dict[str, int] = {}
         self._last_log: dict[str, float] = {}

@@ -84,7 +84,6 @@ class RtmpServer(ListeningHandler):
         self.settings = settings or RtmpSettings()
         self.admission = admission or Admission()
         self.observer = observer or NullObserver()
-        self.publishers = 0
         self.listener = Listener("rtmp", host, port, self.admission,
                                  read_limit=self.settings.read_size,
                                  backlog=self.admission.limits.listen_backlog)
@@ -341,7 +340,7 @@ class _Session:
             return
         try:
             key, grant = await self._admit(Action.PUBLISH, event.name, event.query)
-            if admission.limits.max_publishers <= self.server.publishers:
+            if admission.limits.max_publishers <= admission.publishers:
                 admission.refuse("max_publishers", f"peer={self.peer} stream={key}")
                 self.conn.reject_publish(sid, "NetStream.Publish.Rejected",
                                          "too many publishers on this node")
@@ -364,7 +363,7 @@ class _Session:
             self.closing = "publish refused"
             return
         self.publishing[sid] = (key, handle)
-        self.server.publishers += 1
+        self.server.admission.publishers += 1
         self.conn.accept_publish(sid, event.name)
         watcher = asyncio.create_task(self._watch_publish(handle))
         self.watchers.add(watcher)
@@ -432,7 +431,7 @@ class _Session:
         self.commands_since = asyncio.get_running_loop().time()
         entry = self.publishing.pop(sid, None)
         if entry is not None:
-            self.server.publishers -= 1
+            self.server.admission.publishers -= 1
             key, _ = entry
             self.conn.end_publish(sid, key.stream)
             await self.registry.end_publish(key, "unpublished")
@@ -459,7 +458,7 @@ class _Session:
         if self.publishing and reason == CloseReason.CLIENT_CLOSED:
             reason = "publisher disconnected"
         for key, handle in self.publishing.values():
-            self.server.publishers -= 1
+            self.server.admission.publishers -= 1
             if not handle.ended.cancelled:
                 await self.registry.end_publish(key, reason)
         self.publishing.clear()
