@@ -21,6 +21,13 @@ from arcly.hls.service import HlsSettings, HlsVariant
 from arcly.protocols.egress import DEFAULT_COALESCE
 from arcly.protocols.listener import Limits
 from arcly.protocols.rtmp import RtmpSettings
+from arcly.protocols.webrtc.settings import (
+    IceServer,
+    WebRtcSettings,
+    parse_addresses,
+    parse_ice_servers,
+    parse_port_range,
+)
 from arcly.recording import RecordSettings
 
 # The components' own defaults, which NodeConfig's are taken from.
@@ -32,6 +39,7 @@ _LIMITS = Limits()
 _REGISTRY = RegistrySettings()
 _RELAY = RelaySettings()
 _EDGE = EdgeSettings()
+_WEBRTC = WebRtcSettings()
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -103,6 +111,11 @@ class NodeConfig:
     write_coalesce_ms: float = DEFAULT_COALESCE * 1000
     metrics: bool = True
     metrics_listen: Address | None = None
+    webrtc: bool = _WEBRTC.enabled
+    webrtc_udp_ports: tuple[int, int] | None = _WEBRTC.udp_ports
+    webrtc_advertise_ip: tuple[str, ...] = _WEBRTC.advertise_ips
+    ice_servers: tuple[IceServer, ...] = _WEBRTC.ice_servers
+    webrtc_consent_timeout: float = _WEBRTC.consent_timeout
     # Warnings about retired flags that were given (logged at start; the node still runs).
     retired: tuple[str, ...] = ()
 
@@ -157,6 +170,29 @@ def _part_ms(text: str) -> float:
     if not 50 <= value <= 5000:
         raise argparse.ArgumentTypeError("must be between 50 and 5000 (ms)")
     return value
+
+
+def _port_range(text: str) -> tuple[int, int] | None:
+    if text.strip().lower() in ("", "0", "any", "ephemeral"):
+        return None
+    try:
+        return parse_port_range(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _ice_servers(text: str) -> tuple[IceServer, ...]:
+    try:
+        return parse_ice_servers(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _addresses(text: str) -> tuple[str, ...]:
+    try:
+        return parse_addresses(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _bool(text: str) -> bool:
@@ -232,6 +268,20 @@ _OPTIONS: list[tuple[str, object, str]] = [
     ("--metrics", _bool, "serve Prometheus metrics at /metrics (--no-metrics to turn off)"),
     ("--metrics-listen", _address,
      "serve /metrics on this HOST:PORT instead of the HTTP port (keeps it off public Services)"),
+    ("--webrtc", _bool, "serve WHEP playback and WHIP ingest on the HTTP port (--no-webrtc to "
+     "turn off)"),
+    ("--webrtc-udp-ports", _port_range,
+     "LOW-HIGH: the UDP ports WebRTC sessions bind, one per session (default: any ephemeral "
+     "port; a cluster exposes this range)"),
+    ("--webrtc-advertise-ip", _addresses,
+     "comma-separated addresses ICE candidates carry (default: this machine's; in Kubernetes "
+     "the node's or LoadBalancer's address)"),
+    ("--ice-servers", _ice_servers,
+     "comma-separated STUN/TURN servers for the node and its clients: stun:HOST:PORT, "
+     "turn:USER:PASSWORD@HOST:PORT"),
+    ("--webrtc-consent-timeout", _positive_float,
+     "seconds a WebRTC session lives without answers to ICE consent checks (a vanished "
+     "browser)"),
 ]
 
 

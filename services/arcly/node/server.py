@@ -26,7 +26,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
@@ -54,9 +54,13 @@ from arcly.observe import CompositeObserver, LoggingObserver, otel, sdk, tracing
 from arcly.protocols.http import HttpServer, HttpSettings, MetricsServer
 from arcly.protocols.listener import Admission, Limits, is_loopback
 from arcly.protocols.rtmp import RtmpServer, RtmpSettings
+from arcly.protocols.webrtc.settings import WebRtcSettings
 from arcly.recording import FilesystemStorage, RecordingManager, RecordSettings
 
 from .config import NodeConfig
+
+if TYPE_CHECKING:
+    from arcly.protocols.webrtc.service import WebRtcService
 
 log = logging.getLogger("arcly.node")
 ROLES = tuple(role.value for role in NodeRole)
@@ -186,6 +190,24 @@ def _telemetry_observer(node: _Node) -> otel.OtelObserver:
         relay_lag=(lambda: upstream.lag_ms) if upstream is not None else None)
 
 
+def _webrtc(node: _Node) -> WebRtcService | None:
+    """WHEP/WHIP sessions (aiortc is imported only when they are on)."""
+    config = node.config
+    if not config.webrtc:
+        return None
+    from arcly.protocols.webrtc import ice
+    from arcly.protocols.webrtc.service import WebRtcService
+
+    ice.set_consent_timeout(config.webrtc_consent_timeout)
+    if config.log_level != "debug":  # aioice logs every candidate pair check at info
+        logging.getLogger("aioice").setLevel(logging.WARNING)
+    return WebRtcService(WebRtcSettings(
+        udp_ports=config.webrtc_udp_ports, bind_host=config.http_listen.host,
+        advertise_ips=config.webrtc_advertise_ip, ice_servers=config.ice_servers,
+        consent_timeout=config.webrtc_consent_timeout,
+        keyframe_interval=config.hls_segment_seconds), node.admission)
+
+
 def _handlers(node: _Node, engine: Engine,
               metrics: Callable[[], bytes] | None) -> list[ProtocolHandler]:
     """RTMP, HLS, the recorder, HTTP and (origins) the relay: what the node serves."""
@@ -204,7 +226,8 @@ def _handlers(node: _Node, engine: Engine,
                                http_settings, engine=engine, hls=node.hls,
                                admission=node.admission, node=lambda: dict(node.identity),
                                api_token=config.api_token,
-                               metrics=None if config.metrics_listen else metrics))
+                               metrics=None if config.metrics_listen else metrics,
+                               webrtc=_webrtc(node)))
     if config.metrics_listen is not None and metrics is not None:
         handlers.append(MetricsServer(config.metrics_listen.host, config.metrics_listen.port,
                                       http_settings, engine=engine, admission=node.admission,

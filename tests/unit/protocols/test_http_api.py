@@ -130,8 +130,11 @@ async def test_node_document_and_not_found(node: Start) -> None:
     running = await node()
     running.admission.refuse("max_publishers", "test")
     document = (await running.request("GET", "/api/v1/node")).json()
+    runtime = document.pop("runtime")
     assert document == {"id": "n1", "role": "single", "draining": False, "connections": 1,
                         "limits_hit": {"max_publishers": 1}, "streams": 0, "viewers": 0}
+    assert runtime["tasks"] >= 1 and runtime["thread_kinds"]["MainThread"] == 1
+    assert runtime["threads"] == sum(runtime["thread_kinds"].values())
     for path in ("/api/v1/streams/live/none", "/api/v1/streams/bad%20app/x", "/api/v1/nope"):
         reply = await running.request("GET", path)
         assert (reply.status, reply.json()) == (404, {"error": "not found"})

@@ -8,8 +8,11 @@ checked against the server by schemathesis in the tests) is always open.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
+import re
+import threading
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -100,14 +103,25 @@ def openapi_document() -> bytes:
     return Path(__file__).with_name("openapi.json").read_bytes()
 
 
+def runtime() -> dict[str, Any]:
+    """The process: asyncio tasks, and threads by kind (pools and per-stream transcoders);
+    what a leak would show in."""
+    kinds = Counter(re.sub(r"[-_ ]?\d+$", "", t.name).split(" ")[0].split("-")[0]
+                    for t in threading.enumerate())
+    return {"tasks": len(asyncio.all_tasks()), "threads": threading.active_count(),
+            "thread_kinds": dict(sorted(kinds.items()))}
+
+
 class ManagementApi:
     """``/api/v1/...``: mounted on the node's router as one prefix route."""
 
     METHODS = "GET, HEAD, DELETE"
 
     def __init__(self, engine: Engine, admission: Admission, *,
-                 node: Callable[[], dict[str, Any]], token: str = "") -> None:
+                 node: Callable[[], dict[str, Any]], token: str = "",
+                 webrtc: Callable[[], dict[str, Any]] | None = None) -> None:
         self.engine = engine
+        self.webrtc = webrtc  # the WebRTC sessions' summary, when the node serves WebRTC
         self.admission = admission
         self.node = node  # the node's identity and figures (id, role, ...)
         self.token = token
@@ -116,6 +130,7 @@ class ManagementApi:
         self.routes = Router()
         self.routes.add("GET", "/streams", self.streams)
         self.routes.add("GET", "/node", self.node_document)
+        self.routes.add("GET", "/webrtc", self.webrtc_document)
         self.routes.add("GET", "/streams/{app}/{stream}", self.stream)
         self.routes.add("DELETE", "/streams/{app}/{stream}", self.kick)
 
@@ -151,11 +166,23 @@ class ManagementApi:
 
     async def node_document(self, exchange: Exchange, params: dict[str, str]) -> None:
         streams = self.engine.streams()
-        exchange.json(200, {**self.node(), "draining": self.admission.draining,
-                            "connections": self.admission.connections,
-                            "limits_hit": dict(self.admission.refused),
-                            "streams": len(streams),
-                            "viewers": sum(len(s.subscribers) for s in streams)})
+        document = {**self.node(), "draining": self.admission.draining,
+                    "connections": self.admission.connections,
+                    "limits_hit": dict(self.admission.refused),
+                    "streams": len(streams),
+                    "viewers": sum(len(s.subscribers) for s in streams),
+                    "runtime": runtime()}
+        if self.webrtc is not None:
+            summary = self.webrtc()
+            document["webrtc"] = {"sessions": len(summary["sessions"]),
+                                  "audio_transcoders": len(summary["audio_transcoders"])}
+        exchange.json(200, document)
+
+    async def webrtc_document(self, exchange: Exchange, params: dict[str, str]) -> None:
+        if self.webrtc is None:
+            exchange.json(404, {"error": "WebRTC is off on this node"})
+        else:
+            exchange.json(200, self.webrtc())
 
     def _stream(self, params: dict[str, str]) -> Stream | None:
         try:

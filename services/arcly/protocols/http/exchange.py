@@ -20,8 +20,10 @@ from .request import Request
 
 REASONS = {200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request",
            401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-           408: "Request Timeout", 409: "Conflict", 415: "Unsupported Media Type",
-           431: "Request Header Fields Too Large", 503: "Service Unavailable"}
+           408: "Request Timeout", 409: "Conflict", 411: "Length Required",
+           413: "Content Too Large", 415: "Unsupported Media Type",
+           422: "Unprocessable Content", 431: "Request Header Fields Too Large",
+           500: "Internal Server Error", 503: "Service Unavailable"}
 
 TEXT = "text/plain; charset=utf-8"
 HTML = "text/html; charset=utf-8"

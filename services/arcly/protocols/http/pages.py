@@ -3,13 +3,15 @@ player scripts they load.
 
 ``/play/{app}/{stream}`` plays HLS with hls.js (or natively where the browser can, as Safari
 does) — in low-latency mode when the node serves Low-Latency HLS; ``?type=flv`` plays HTTP-FLV
-with mpegts.js. The scripts are served from the node's
+with mpegts.js; ``?type=webrtc`` plays over WHEP (sub-second). ``/publish/{app}/{stream}``
+publishes the browser's camera and microphone over WHIP. The scripts are served from the node's
 ``static`` folder (``make static`` fetches them from the npm registry) and fall back to a
 public CDN when the node has no copy.
 """
 
 from __future__ import annotations
 
+import functools
 import html
 import re
 from pathlib import Path
@@ -45,9 +47,24 @@ def hls_config(low_latency: bool) -> str:
     return "{liveSyncDurationCount: 2}"
 
 
-def player_page(key: StreamKey, *, kind: str = "hls", low_latency: bool = False) -> str:
+@functools.cache
+def _webrtc_code() -> str:
+    return Path(__file__).with_name("webrtc.js").read_text()
+
+
+def _webrtc_script(call: str) -> str:
+    return f"<script>\n{_webrtc_code()}\n{call}\n</script>"
+
+
+def player_page(key: StreamKey, *, kind: str = "hls", low_latency: bool = False,
+                publish: bool = False) -> str:
     title = html.escape(str(key))
-    if kind == "flv":
+    if publish:
+        kind = "whip"
+        attach = _webrtc_script(f"whipPublish('/{key.app}/{key.stream}/whip');")
+    elif kind == "webrtc":
+        attach = _webrtc_script(f"whepPlay('/{key.app}/{key.stream}/whep');")
+    elif kind == "flv":
         src = f"/{key.app}/{key.stream}.flv"
         attach = (f'<script src="{_script("mpegts.js")}"></script><script>\n'
                   "const player = mpegts.createPlayer({type: 'flv', isLive: true, "
@@ -108,5 +125,15 @@ class Pages:
         except InvalidStreamKey as exc:
             exchange.respond(404, f"{exc}\n")
             return
-        kind = "flv" if exchange.request.query.get("type") == "flv" else "hls"
+        kind = exchange.request.query.get("type", "hls")
+        if kind not in ("flv", "webrtc"):
+            kind = "hls"
         exchange.respond(200, player_page(key, kind=kind, low_latency=self.low_latency), HTML)
+
+    async def publisher(self, exchange: Exchange, params: dict[str, str]) -> None:
+        try:
+            key = StreamKey(params["app"], params["stream"])
+        except InvalidStreamKey as exc:
+            exchange.respond(404, f"{exc}\n")
+            return
+        exchange.respond(200, player_page(key, publish=True), HTML)

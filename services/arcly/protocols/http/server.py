@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from arcly.engine import CloseReason, Engine, ProtocolError, PublishRegistry, ShutdownToken
 from arcly.hls.service import HlsService
@@ -34,10 +34,19 @@ from .request import MAX_HEAD, Request, parse_request
 from .router import NotAllowed, Resolved, Router
 from .settings import HttpSettings
 
+if TYPE_CHECKING:  # aiortc is imported only by nodes that serve WebRTC
+    from arcly.protocols.webrtc.service import WebRtcService
+
 log = logging.getLogger("arcly.http")
 
 _PREFLIGHT = {"Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",
               "Access-Control-Allow-Headers": "*"}
+# WHIP/WHEP only: pages on other sites may create and end sessions there (never a DELETE on
+# the management API). Authorization is never covered by "*" (Fetch): list it.
+_PREFLIGHT_WEBRTC = {"Access-Control-Allow-Methods": "POST, PATCH, DELETE, OPTIONS",
+                     "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match",
+                     "Access-Control-Expose-Headers": "Location, Link, ETag, Accept-Patch",
+                     "Access-Control-Max-Age": "600", "Accept-Post": "application/sdp"}
 
 
 class HttpServer(ListeningHandler):
@@ -49,16 +58,19 @@ class HttpServer(ListeningHandler):
                  engine: Engine, hls: HlsService | None = None,
                  admission: Admission | None = None,
                  node: Callable[[], dict[str, Any]] = dict, api_token: str = "",
-                 metrics: Callable[[], bytes] | None = None) -> None:
+                 metrics: Callable[[], bytes] | None = None,
+                 webrtc: WebRtcService | None = None) -> None:
         self.settings = settings or HttpSettings()
         self.admission = admission or Admission()
         self.listener = Listener(self.name, host, port, self.admission, read_limit=MAX_HEAD,
                                  backlog=self.admission.limits.listen_backlog)
         self.flv = FlvPlayback(self.settings, self.admission)
         self.hls = HlsRoutes(hls, self.admission) if hls is not None else None
-        self.api = ManagementApi(engine, self.admission, node=node, token=api_token)
+        self.api = ManagementApi(engine, self.admission, node=node, token=api_token,
+                                 webrtc=webrtc.summary if webrtc is not None else None)
         self.probes = Probes(self.listener, self.admission)
         self.metrics = MetricsRoute(metrics)
+        self.webrtc = webrtc
         self.pages = Pages(low_latency=hls is not None and hls.low_latency)
         self._idle: set[asyncio.StreamWriter] = set()  # kept-alive, waiting for a request
         self.router = self._routes()
@@ -75,10 +87,17 @@ class HttpServer(ListeningHandler):
             router.add("GET", "/{app}/{stream}/{segment}.ts", self.hls.segment)
             router.add("GET", "/{app}/{stream}/{segment}.m4s", self.hls.fragment)
             router.add("GET", "/{app}/{stream}/{segment}.mp4", self.hls.init)
+        if self.webrtc is not None:
+            router.add("POST", "/{app}/{stream}/whep", self.webrtc.whep)
+            router.add("POST", "/{app}/{stream}/whip", self.webrtc.whip)
+            router.add("DELETE PATCH", "/{app}/{stream}/whep/{session}", self.webrtc.session)
+            router.add("DELETE PATCH", "/{app}/{stream}/whip/{session}", self.webrtc.session)
         # Pages come after the media routes, so apps may be named "play" or "static".
         router.add("GET", "/", self.pages.status)
         router.add("GET", "/static/{name}", serve_static)
         router.add("GET", "/play/{app}/{stream}", self.pages.player)
+        if self.webrtc is not None:
+            router.add("GET", "/publish/{app}/{stream}", self.pages.publisher)
         return router
 
     async def run(self, registry: PublishRegistry, shutdown: ShutdownToken) -> None:
@@ -87,6 +106,8 @@ class HttpServer(ListeningHandler):
 
         async def goodbye() -> None:
             self.flv.close_all(CloseReason.SHUTDOWN)
+            if self.webrtc is not None:
+                await self.webrtc.close_all(CloseReason.SHUTDOWN)
             for writer in list(self._idle):  # kept-alive connections between requests
                 writer.close()
 
@@ -112,6 +133,8 @@ class HttpServer(ListeningHandler):
                     await writer.drain()
         except (ConnectionError, OSError, TimeoutError):
             pass
+        except Exception:  # a bug in a handler: say so and close; the node goes on
+            log.exception("http handler failed peer=%s", peer)
         finally:
             await close_writer(writer)
 
@@ -162,7 +185,10 @@ class HttpServer(ListeningHandler):
     async def _dispatch(self, exchange: Exchange) -> None:
         method = exchange.request.method
         if method == "OPTIONS":  # CORS preflight: players on other sites may fetch media
-            exchange.respond(204, extra=_PREFLIGHT)
+            parts = exchange.request.path.strip("/").split("/")
+            webrtc = self.webrtc is not None and len(parts) in (3, 4) and \
+                parts[2] in ("whep", "whip")
+            exchange.respond(204, extra=_PREFLIGHT_WEBRTC if webrtc else _PREFLIGHT)
             return
         found = self.router.resolve(method, exchange.request.path)
         if isinstance(found, Resolved):
