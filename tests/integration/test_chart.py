@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import re
 import socket
 import subprocess
@@ -22,9 +23,11 @@ from arcly.auth import tokens
 from arcly.protocols.http import LIVENESS_PATH, READINESS_PATH
 from arcly_operator import permissions
 from tests.helm_binary import find as find_helm
+from tests.support import webrtc
 from tests.support.flv_reader import HttpFlvReader
 from tests.support.processes import REPO, FfmpegPublisher, Node, RedisServer
 from tests.support.rtmp_client import RtmpClient
+from tests.support.wait import eventually
 
 CHART = REPO / "helm" / "arcly"
 KUBE_VERSIONS = ["1.30", "1.33"]
@@ -91,7 +94,17 @@ VALUE_SETS: dict[str, list[str]] = {
         "--set", "edge.podAnnotations.team=media", "--set", "edge.podLabels.tier=edge",
         "--set", "redis.persistence.enabled=true", "--set", "operator.replicas=3",
         "--set", "global.imageRegistry=ignored"],
+    "webrtc": ["--set", "webrtc.enabled=true",
+               "--set", "webrtc.iceServers[0]=stun:stun.example.net:3478"],
+    "webrtc-host-network-ice-secret": ["--set", "webrtc.enabled=true",
+                                       "--set", "webrtc.expose=hostNetwork",
+                                       "--set", "webrtc.udpPorts=20000-29999",
+                                       "--set", "webrtc.iceServersSecret=turn-servers",
+                                       "--set-json", "webrtc.consentTimeout=12.5"],
 }
+# Value sets that open the node Pods to the host's network on purpose (webrtc.expose): those
+# Pods leave Pod Security "restricted" for exactly that, and nothing else.
+HOST_EXPOSURE = {"webrtc": "hostPort", "webrtc-host-network-ice-secret": "hostNetwork"}
 
 
 @pytest.fixture(scope="module")
@@ -155,18 +168,22 @@ def test_every_value_set_renders_manifests_kubernetes_accepts(helm: str, name: s
         kubernetes_validate.validate(yaml.safe_load(crd.read_text()), KUBE_VERSIONS[-1],
                                      strict=True)
     for workload in workloads(docs):
-        restricted(workload["spec"]["template"]["spec"], f"{name}: {workload['metadata']['name']}")
+        exposure = HOST_EXPOSURE.get(name) if component(workload) in ("origin", "edge") else None
+        restricted(workload["spec"]["template"]["spec"], f"{name}: {workload['metadata']['name']}",
+                   exposure)
 
 
-def restricted(pod: dict[str, Any], where: str) -> None:
+def restricted(pod: dict[str, Any], where: str, exposure: str | None = None) -> None:
     """Pod Security Standards, "restricted" profile (kubernetes.io/docs/concepts/security/
-    pod-security-standards): what a Pod must and must not do."""
+    pod-security-standards): what a Pod must and must not do. ``exposure`` (webrtc.expose)
+    excuses UDP hostPorts equal to their container port, or hostNetwork: nothing more."""
     allowed_volumes = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
                        "persistentVolumeClaim", "projected", "secret"}
     for volume in pod.get("volumes", []):
         assert set(volume) - {"name"} <= allowed_volumes, f"{where}: volume {volume}"
-    for flag in ("hostNetwork", "hostPID", "hostIPC"):
+    for flag in ("hostPID", "hostIPC"):
         assert not pod.get(flag), f"{where}: {flag}"
+    assert not pod.get("hostNetwork") or exposure == "hostNetwork", f"{where}: hostNetwork"
     pod_context = pod.get("securityContext", {})
     for container in pod.get("initContainers", []) + pod["containers"]:
         context = container.get("securityContext", {})
@@ -178,13 +195,19 @@ def restricted(pod: dict[str, Any], where: str) -> None:
         assert not context.get("privileged"), where
         assert "ALL" in context.get("capabilities", {}).get("drop", []), where
         assert set(context.get("capabilities", {}).get("add", [])) <= {"NET_BIND_SERVICE"}
-        assert not any("hostPort" in p for p in container.get("ports", [])), where
+        for port in container.get("ports", []):
+            assert "hostPort" not in port or (
+                exposure == "hostPort" and port["protocol"] == "UDP"
+                and port["hostPort"] == port["containerPort"]), f"{where}: {port}"
 
 
 def test_values_that_break_the_schema_are_rejected(helm: str, tmp_path: Path) -> None:
     for bad in ("edge:\n  hpa:\n    maxReplicas: many\n", "redis:\n  externalUrl: mysql://x\n",
                 "typo: true\n", "logLevel: loud\n", "origin:\n  terminationGracePeriodSeconds: 9\n",
-                "otel:\n  protocol: http/json\n", "edge:\n  hpa:\n    metric: memory\n"):
+                "otel:\n  protocol: http/json\n", "edge:\n  hpa:\n    metric: memory\n",
+                "webrtc:\n  udpPorts: 40000:40099\n", "webrtc:\n  expose: nodePort\n",
+                "webrtc:\n  consentTimeout: 0\n", "webrtc:\n  iceServers: [stun.example:3478]\n",
+                "webrtc:\n  enable: true\n", "webrtc:\n  advertiseIp: node.example\n"):
         values = tmp_path / "bad.yaml"
         values.write_text(bad)
         result = run_helm(helm, "-f", str(values))
@@ -197,6 +220,16 @@ def test_values_that_break_the_schema_are_rejected(helm: str, tmp_path: Path) ->
     (["--set", "relay.tls.enabled=true"], "relay.tls.existingSecret"),
     (["--set", "edge.ingress.enabled=true"], "edge.ingress.hosts"),
     (["--set", "edge.keda.enabled=true"], "metrics.serviceMonitor.enabled or give edge.keda.query"),
+    (["--set", "webrtc.enabled=true", "--set", "webrtc.udpPorts=40000-40500"],
+     'webrtc.udpPorts "40000-40500" is 501 ports'),
+    (["--set", "webrtc.enabled=true", "--set", "webrtc.udpPorts=40099-40000"],
+     "webrtc.udpPorts"),
+    (["--set", "webrtc.enabled=true", "--set", "webrtc.udpPorts=1000-1099"], "webrtc.udpPorts"),
+    (["--set", "webrtc.enabled=true", "--set", "webrtc.iceServers[0]=stun:stun.example:3478",
+      "--set", "webrtc.iceServersSecret=turn"], "webrtc.iceServersSecret both set"),
+    (["--set", "webrtc.enabled=true",
+      "--set", "webrtc.iceServers[0]=turn:user:hunter2@turn.example:3478"],
+     "webrtc.iceServers: \"turn:user:***@turn.example:3478\" carries credentials"),
 ])
 def test_values_that_cannot_work_fail_naming_the_value(helm: str, args: list[str],
                                                        message: str) -> None:
@@ -429,6 +462,114 @@ def test_otel_settings_follow_values(helm: str) -> None:
     assert on["OTEL_EXPORTER_OTLP_PROTOCOL"] == "http/protobuf"
 
 
+# -- WebRTC ------------------------------------------------------------------------------------
+
+
+def _nodes(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """origin and edge: their Pod specs."""
+    return {component(w): w["spec"]["template"]["spec"] for w in workloads(docs)
+            if component(w) in ("origin", "edge")}
+
+
+def _udp_ports(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    return [p for p in pod["containers"][0]["ports"] if p.get("protocol") == "UDP"]
+
+
+def _policy_udp(docs: list[dict[str, Any]], role: str) -> list[dict[str, Any]]:
+    policy = named(docs, "NetworkPolicy", f"-{role}")
+    return [port for rule in policy["spec"]["ingress"] for port in rule["ports"]
+            if port["protocol"] == "UDP"]
+
+
+def test_webrtc_is_off_by_default_and_opens_nothing(default: list[dict[str, Any]]) -> None:
+    for role, pod in _nodes(default).items():
+        (container,) = pod["containers"]
+        assert "--no-webrtc" in container["args"], role
+        assert not [a for a in container["args"] if a.startswith("--webrtc-")], role
+        assert not {"ARCLY_WEBRTC_ADVERTISE_IP", "ARCLY_ICE_SERVERS"} & set(env_of(container))
+        assert not _udp_ports(pod) and not pod.get("hostNetwork"), role
+        assert not _policy_udp(default, role), role
+    ingest = named(default, "Service", "-ingest")
+    assert [p["name"] for p in ingest["spec"]["ports"]] == ["rtmp"], "no origin HTTP in public"
+
+
+def test_webrtc_with_host_ports_reaches_each_pod_on_its_node(helm: str) -> None:
+    docs = render(helm, *VALUE_SETS["webrtc"], "--set", "webrtc.udpPorts=40000-40049",
+                  "--set", "webrtc.iceServers[1]=stun:stun2.example.net:3478")
+    for role, pod in _nodes(docs).items():
+        (container,) = pod["containers"]
+        assert {"--webrtc-udp-ports=40000-40049", "--webrtc-consent-timeout=30"} <= set(
+            container["args"]), role
+        assert "--no-webrtc" not in container["args"]
+        env = env_of(container)
+        assert env["ARCLY_WEBRTC_ADVERTISE_IP"]["valueFrom"] == {
+            "fieldRef": {"fieldPath": "status.hostIP"}}, "candidates carry the node's IP"
+        assert env["ARCLY_ICE_SERVERS"]["value"] == \
+            "stun:stun.example.net:3478,stun:stun2.example.net:3478"
+        udp = _udp_ports(pod)
+        assert len(udp) == 50, role
+        assert sorted(p["containerPort"] for p in udp) == list(range(40000, 40050))
+        assert all(p["hostPort"] == p["containerPort"] for p in udp)
+        names = [p["name"] for p in container["ports"]]
+        assert len(set(names)) == len(names) and max(map(len, names)) <= 15
+        assert not pod.get("hostNetwork")
+        assert _policy_udp(docs, role) == [
+            {"port": 40000, "endPort": 40049, "protocol": "UDP"}], role
+    ingest = named(docs, "Service", "-ingest")["spec"]["ports"]
+    assert {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"} in ingest, \
+        "WHIP: the origins' HTTP on the ingest Service"
+    advertised = render(helm, *VALUE_SETS["webrtc"], "--set", "webrtc.advertiseIp=203.0.113.7")
+    for pod in _nodes(advertised).values():
+        assert env_of(pod["containers"][0])["ARCLY_WEBRTC_ADVERTISE_IP"] == {
+            "name": "ARCLY_WEBRTC_ADVERTISE_IP", "value": "203.0.113.7"}
+
+
+def test_webrtc_on_the_host_network_or_the_pod_network_declares_no_ports(helm: str) -> None:
+    docs = render(helm, *VALUE_SETS["webrtc-host-network-ice-secret"])
+    for role, pod in _nodes(docs).items():
+        assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+        assert not _udp_ports(pod), "10000 ports: no hostPort list on the host network"
+        (container,) = pod["containers"]
+        assert {"--webrtc-udp-ports=20000-29999", "--webrtc-consent-timeout=12.5"} <= set(
+            container["args"])
+        env = env_of(container)
+        assert env["ARCLY_WEBRTC_ADVERTISE_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == \
+            "status.hostIP"
+        assert env["ARCLY_ICE_SERVERS"]["valueFrom"] == {
+            "secretKeyRef": {"name": "turn-servers", "key": "ice-servers"}}, role
+        assert _policy_udp(docs, role) == [
+            {"port": 20000, "endPort": 29999, "protocol": "UDP"}], role
+    for workload in workloads(docs):
+        if component(workload) not in ("origin", "edge"):
+            assert not workload["spec"]["template"]["spec"].get("hostNetwork")
+    docs = render(helm, "--set", "webrtc.enabled=true", "--set", "webrtc.expose=none")
+    for role, pod in _nodes(docs).items():
+        assert not pod.get("hostNetwork") and not _udp_ports(pod), role
+        env = env_of(pod["containers"][0])
+        assert env["ARCLY_WEBRTC_ADVERTISE_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == \
+            "status.podIP", "none: only the Pod network reaches the Pod"
+        assert "ARCLY_ICE_SERVERS" not in env
+
+
+@pytest.mark.parametrize(("expose", "caveat"), [
+    ("hostPort", "one origin or edge per node"),
+    ("hostNetwork", "bind on the node too: one Pod per node"),
+    ("none", "only\n   clients inside the cluster network connect"),
+])
+def test_notes_give_the_webrtc_urls_and_what_the_exposure_means(helm: str, expose: str,
+                                                               caveat: str) -> None:
+    result = subprocess.run(
+        [helm, "install", "demo", str(CHART), "--namespace", "media", "--dry-run=client",
+         "--set", "webrtc.enabled=true", "--set", f"webrtc.expose={expose}"],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "KUBECONFIG": "/nonexistent"})  # offline: no cluster is asked
+    assert result.returncode == 0, result.stderr
+    notes = result.stdout.partition("NOTES:")[2]
+    assert "http://$EDGE:80/live/cam1/whep" in notes
+    assert "http://$INGEST:80/live/cam1/whip" in notes
+    assert "UDP 40000-40099" in notes and caveat in notes, notes
+
+
 # -- render → run ------------------------------------------------------------------------------
 
 
@@ -470,7 +611,8 @@ class Rendered:
                 value = self.secrets[ref["name"]][ref["key"]]
             else:
                 field = entry["valueFrom"]["fieldRef"]["fieldPath"]
-                value = {"metadata.name": pod, "metadata.namespace": "media"}[field]
+                value = {"metadata.name": pod, "metadata.namespace": "media",
+                         "status.hostIP": "127.0.0.1", "status.podIP": "127.0.0.1"}[field]
             resolved[entry["name"]] = value
         return {**resolved, **overrides}
 
@@ -506,7 +648,7 @@ class Rendered:
 @pytest.fixture
 def chart_nodes(helm: str, tmp_path: Path, ffmpeg: str
                 ) -> Iterator[tuple[Rendered, RedisServer, Callable[..., Node]]]:
-    rendered = Rendered(render(helm), tmp_path)
+    rendered = Rendered(render(helm, "--set", "webrtc.enabled=true"), tmp_path)
     password = rendered.secrets["demo-arcly-secrets"]["redis-password"]
     redis = RedisServer(password=password)
     nodes: list[Node] = []
@@ -533,7 +675,7 @@ def chart_nodes(helm: str, tmp_path: Path, ffmpeg: str
         redis.stop()
 
 
-def test_rendered_containers_run_as_a_cluster_that_enforces_tokens(
+def test_rendered_containers_run_as_a_cluster_that_enforces_tokens_and_serves_webrtc(
         chart_nodes: tuple[Rendered, RedisServer, Callable[..., Node]], ffmpeg: str,
         source_flv: Path) -> None:
     rendered, redis, start = chart_nodes
@@ -565,6 +707,24 @@ def test_rendered_containers_run_as_a_cluster_that_enforces_tokens(
 
         assert asyncio.run(watch()) == 30, "the edge relays over the rendered relay token"
         assert "relay subscribed stream=live/cam1" in edge.log_text()
+
+        async def whep() -> tuple[str, int]:
+            viewer = await webrtc.whep(f"http://127.0.0.1:{edge.http}", "live/cam1")
+            try:
+                await eventually(lambda: len(viewer.frames.get("video", [])) >= 10, 10,
+                                 message="no video over WHEP")
+                return viewer.pc.remoteDescription.sdp, len(viewer.frames["video"])
+            finally:
+                await viewer.close()
+
+        # WHEP with the rendered WebRTC flags: candidates on the (fieldRef'd) host IP, in the
+        # rendered UDP range.
+        answer, frames = asyncio.run(whep())
+        assert frames >= 10
+        candidates = re.findall(r"a=candidate:\S+ \d+ udp \d+ (\S+) (\d+) typ host", answer,
+                                re.IGNORECASE)
+        assert candidates and all(ip == "127.0.0.1" and 40000 <= int(port) <= 40099
+                                  for ip, port in candidates), answer
         # The management API wants the rendered API token.
         import urllib.error
         import urllib.request

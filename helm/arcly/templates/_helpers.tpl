@@ -41,6 +41,25 @@ app.kubernetes.io/component: {{ .component }}
 {{- if and .Values.edge.keda.enabled (not .Values.edge.keda.query) (not .Values.metrics.serviceMonitor.enabled) -}}
 {{- fail "edge.keda.enabled queries series labelled by the ServiceMonitor: enable metrics.serviceMonitor.enabled or give edge.keda.query" -}}
 {{- end -}}
+{{- $w := .Values.webrtc -}}
+{{- if $w.enabled -}}
+{{- $ports := include "arcly.webrtcPorts" . | fromJson -}}
+{{- if not (and (le 1024 (int $ports.low)) (le (int $ports.low) (int $ports.high)) (le (int $ports.high) 65535)) -}}
+{{- fail (printf "webrtc.udpPorts %q must be LOW-HIGH with 1024 <= LOW <= HIGH <= 65535" $w.udpPorts) -}}
+{{- end -}}
+{{- $count := add 1 (sub (int $ports.high) (int $ports.low)) -}}
+{{- if and (eq $w.expose "hostPort") (gt $count 500) -}}
+{{- fail (printf "webrtc.udpPorts %q is %d ports: with webrtc.expose=hostPort each is a hostPort of every origin and edge Pod (at most 500); narrow the range or use webrtc.expose=hostNetwork" $w.udpPorts $count) -}}
+{{- end -}}
+{{- if and $w.iceServers $w.iceServersSecret -}}
+{{- fail "webrtc.iceServers and webrtc.iceServersSecret both set: give one (the Secret's key ice-servers holds the whole comma-separated list)" -}}
+{{- end -}}
+{{- range $w.iceServers -}}
+{{- if contains "@" . -}}
+{{- fail (printf "webrtc.iceServers: %q carries credentials, which would stand in the Pod spec in plain text; put the list in a Secret (key ice-servers) and name it in webrtc.iceServersSecret" (regexReplaceAll ":[^:@]*@" . ":***@")) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 
 {{/* ---------------------------------------------------------------------------------------
@@ -120,6 +139,7 @@ app.kubernetes.io/component: {{ .component }}
 - name: ARCLY_METRICS
   value: {{ .root.Values.metrics.enabled | quote }}
 {{- include "arcly.otelEnv" .root }}
+{{- include "arcly.webrtcEnv" .root }}
 {{- with .values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
@@ -143,6 +163,12 @@ app.kubernetes.io/component: {{ .component }}
 - --metrics-listen=0.0.0.0:{{ $v.metrics.port }}
 {{- else }}
 - --no-metrics
+{{- end }}
+{{- if $v.webrtc.enabled }}
+- --webrtc-udp-ports={{ $v.webrtc.udpPorts }}
+- --webrtc-consent-timeout={{ $v.webrtc.consentTimeout }}
+{{- else }}
+- --no-webrtc
 {{- end }}
 {{- if include "arcly.authEnabled" .root }}
 - --auth-config=/etc/arcly/auth/auth.toml
@@ -199,6 +225,57 @@ app.kubernetes.io/component: {{ .component }}
 {{- with .values.extraVolumes }}
 {{ toYaml . }}
 {{- end }}
+{{- end -}}
+
+{{/* ---------------------------------------------------------------------------------------
+     WebRTC. A session's UDP must reach the very Pod that answered its HTTP POST (its ICE
+     candidates name that Pod's address and port), so no Service sits in front of it: each Pod
+     exposes the range itself (webrtc.expose), and candidates carry the address that reaches it. */}}
+
+{{/* webrtc.udpPorts as JSON {"low": L, "high": H} (the schema has checked the LOW-HIGH form). */}}
+{{- define "arcly.webrtcPorts" -}}
+{{- $parts := splitList "-" .Values.webrtc.udpPorts -}}
+{{- dict "low" (first $parts | atoi) "high" (last $parts | atoi) | toJson -}}
+{{- end -}}
+
+{{- define "arcly.webrtcEnv" -}}
+{{- $w := .Values.webrtc -}}
+{{- if $w.enabled }}
+- name: ARCLY_WEBRTC_ADVERTISE_IP
+{{- if $w.advertiseIp }}
+  value: {{ $w.advertiseIp | quote }}
+{{- else }}
+  # hostPort/hostNetwork: clients reach the Kubernetes node; none: only the Pod network
+  valueFrom: {fieldRef: {fieldPath: {{ ternary "status.podIP" "status.hostIP" (eq $w.expose "none") }}}}
+{{- end }}
+{{- if $w.iceServersSecret }}
+- name: ARCLY_ICE_SERVERS
+  valueFrom: {secretKeyRef: {name: {{ $w.iceServersSecret }}, key: ice-servers}}
+{{- else if $w.iceServers }}
+- name: ARCLY_ICE_SERVERS
+  value: {{ join "," $w.iceServers | quote }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* expose=hostPort: every port of the range, UDP, on the node's address too. */}}
+{{- define "arcly.webrtcHostPorts" -}}
+{{- $w := .Values.webrtc -}}
+{{- if and $w.enabled (eq $w.expose "hostPort") -}}
+{{- $ports := include "arcly.webrtcPorts" . | fromJson -}}
+{{- range $port := untilStep (int $ports.low) (int (add1 $ports.high)) 1 }}
+- {name: webrtc-{{ $port }}, containerPort: {{ $port }}, hostPort: {{ $port }}, protocol: UDP}
+{{- end }}
+{{- end -}}
+{{- end -}}
+
+{{/* expose=hostNetwork: the Pod lives in the node's network namespace (and still resolves
+     cluster names). */}}
+{{- define "arcly.webrtcHostNetwork" -}}
+{{- if and .Values.webrtc.enabled (eq .Values.webrtc.expose "hostNetwork") -}}
+hostNetwork: true
+dnsPolicy: ClusterFirstWithHostNet
+{{- end -}}
 {{- end -}}
 
 {{/* The node container's probes and drain hook, on the endpoints the node serves. */}}
