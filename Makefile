@@ -19,7 +19,8 @@ STATIC := services/arcly/protocols/http/static
 PROTOS := protos/arcly/relay/v1/relay.proto
 
 .PHONY: run test lint fmt clean venv deps tools static browser prometheus proto proto-check bench bench-relay \
-        chart-lint image fuzz bench-observer bench-peers bench-streaming bench-registry bench-llhls
+        chart-lint image fuzz bench-observer bench-peers bench-streaming bench-registry bench-llhls \
+        bench-webrtc
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -115,7 +116,7 @@ fuzz: $(STAMP_DEV)
 	done
 
 ## Benchmarks (never part of 'make test'): results in bench/results/.
-bench: bench-streaming bench-relay bench-observer bench-registry bench-llhls
+bench: bench-streaming bench-relay bench-observer bench-registry bench-llhls bench-webrtc
 
 ## The peers of the fan-out/ingest benchmark: nginx-rtmp (Debian) and node-media-server (npm).
 NMS_DIR := build/bench/nms
@@ -146,6 +147,10 @@ bench-registry: $(STAMP_DEV)
 
 bench-llhls: tools
 	$(PY) bench/llhls.py $(BENCH_LLHLS_ARGS)
+
+## CPU per WHEP viewer at 10/50 viewers and the latency the node adds, beside RTMP.
+bench-webrtc: tools
+	$(PY) bench/webrtc.py $(BENCH_WEBRTC_ARGS)
 
 lint: $(STAMP_DEV) proto-check
 	$(BIN)/ruff check services tests bench operator
