@@ -20,7 +20,7 @@ PROTOS := protos/arcly/relay/v1/relay.proto
 
 .PHONY: run test lint fmt clean venv deps tools static browser prometheus proto proto-check bench bench-relay \
         chart-lint image fuzz bench-observer bench-peers bench-streaming bench-registry bench-llhls \
-        bench-webrtc
+        bench-webrtc bench-srt srt libsrt
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,7 @@ venv: $(STAMP_DEV)
 ## Start a single node on embedded defaults (in-memory registry, no Redis, no Kubernetes).
 run: $(STAMP_RUN)
 	@$(MAKE) --no-print-directory static || echo "player scripts unavailable; pages use a CDN"
+	@$(MAKE) --no-print-directory libsrt
 	exec $(BIN)/arcly serve $(ARGS)
 
 ## The browser players (hls.js, mpegts.js) from the npm registry, served by the node at /static/.
@@ -57,6 +58,22 @@ browser:
 	@command -v chromium >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || echo "could not install chromium"; \
 	  else echo "chromium missing and not root: the browser test will be skipped"; fi; }
+
+## libsrt for the SRT listener, and GStreamer + srt-tools for the SRT tests: Debian's packages
+## (needs root; without them the node runs with SRT off, saying what to install, and the SRT
+## tests skip saying why).
+SRT_PACKAGES := libsrt1.5-openssl srt-tools gstreamer1.0-tools gstreamer1.0-plugins-base \
+                gstreamer1.0-plugins-bad gstreamer1.0-libav
+srt:
+	@ldconfig -p 2>/dev/null | grep -q 'libsrt.*\.so\.1\.5' && command -v gst-launch-1.0 >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SRT_PACKAGES) >/dev/null) || echo "could not install libsrt"; \
+	  else echo "libsrt missing and not root: SRT is off (sudo apt-get install $(SRT_PACKAGES))"; fi; }
+
+## libsrt alone, for 'make run' (as root; otherwise the node says SRT is off and why).
+libsrt:
+	@ldconfig -p 2>/dev/null | grep -q 'libsrt.*\.so\.1\.5' || { \
+	  if [ "$$(id -u)" = 0 ]; then (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libsrt1.5-openssl >/dev/null) || echo "could not install libsrt"; \
+	  else echo "libsrt missing and not root: SRT is off (sudo apt-get install libsrt1.5-openssl)"; fi; }
 
 ## Prometheus for the scrape test: Debian's package (needs root; the test skips, saying why,
 ## without it).
@@ -78,6 +95,7 @@ test: tools
 	@$(MAKE) --no-print-directory static || echo "no npm: the browser test will be skipped"
 	@$(MAKE) --no-print-directory browser
 	@$(MAKE) --no-print-directory prometheus
+	@$(MAKE) --no-print-directory srt
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 ## Regenerate the relay's protobuf messages (committed; 'make proto-check' fails when they are
@@ -105,7 +123,7 @@ image:
 
 ## Fuzz every parser with atheris for FUZZ_SECONDS each (crashes land in build/fuzz/).
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := amf0 rtmp_chunks rtmp_connection flv codecs http
+FUZZ_TARGETS := amf0 rtmp_chunks rtmp_connection flv codecs http mpegts_demux
 fuzz: $(STAMP_DEV)
 	@mkdir -p build/fuzz
 	@set -o pipefail; for target in $(FUZZ_TARGETS); do \
@@ -116,7 +134,8 @@ fuzz: $(STAMP_DEV)
 	done
 
 ## Benchmarks (never part of 'make test'): results in bench/results/.
-bench: bench-streaming bench-relay bench-observer bench-registry bench-llhls bench-webrtc
+bench: bench-streaming bench-relay bench-observer bench-registry bench-llhls bench-webrtc \
+       bench-srt
 
 ## The peers of the fan-out/ingest benchmark: nginx-rtmp (Debian) and node-media-server (npm).
 NMS_DIR := build/bench/nms
@@ -151,6 +170,10 @@ bench-llhls: tools
 ## CPU per WHEP viewer at 10/50 viewers and the latency the node adds, beside RTMP.
 bench-webrtc: tools
 	$(PY) bench/webrtc.py $(BENCH_WEBRTC_ARGS)
+
+## SRT ingest CPU per GB beside RTMP ingest of the same source (1/10/20 publishers).
+bench-srt: tools srt
+	$(PY) bench/srt.py $(BENCH_SRT_ARGS)
 
 lint: $(STAMP_DEV) proto-check
 	$(BIN)/ruff check services tests bench operator

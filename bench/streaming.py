@@ -186,7 +186,7 @@ class Arcly(Server):
     def command(self) -> list[str]:
         return [str(Path(sys.executable).parent / "arcly"), "serve",
                 "--rtmp-listen", f"127.0.0.1:{self.rtmp_port}",
-                "--http-listen", f"127.0.0.1:{self.http_port}",
+                "--http-listen", f"127.0.0.1:{self.http_port}", "--srt-listen", "off",
                 "--idle-timeout", "off", "--log-level", "warning",
                 "--max-connections", "20000", "--max-connections-per-ip", "20000",
                 "--max-viewers-per-stream", "20000", *EXTRA_ARCLY_ARGS]

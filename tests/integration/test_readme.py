@@ -60,7 +60,8 @@ def _children(pid: int) -> list[int]:
 
 def test_make_run_serves_a_single_node() -> None:
     node = Node(cmd=["make", "--no-print-directory", "run",
-                     "ARGS=--rtmp-listen 127.0.0.1:0 --http-listen 127.0.0.1:0"],
+                     "ARGS=--rtmp-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 "
+                     "--srt-listen 127.0.0.1:0"],
                 env={"MAKEFLAGS": ""})
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{node.http}/healthz", timeout=10) as resp:

@@ -27,7 +27,8 @@ class Node:
     def __init__(self, *args: str, cmd: list[str] | None = None,
                  env: dict[str, str] | None = None, role: str = "serve") -> None:
         base = cmd or [sys.executable, "-m", "arcly", role,
-                       "--rtmp-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]
+                       "--rtmp-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
+                       "--srt-listen", "127.0.0.1:0"]
         if role == "origin":
             base += ["--grpc-listen", "127.0.0.1:0"]
         self.expect = {"rtmp", "http"} | ({"relay"} if role == "origin" else set())
@@ -64,6 +65,10 @@ class Node:
     @property
     def http(self) -> int:
         return self.ports["http"]
+
+    @property
+    def srt(self) -> int:
+        return self.ports["srt"]
 
     @property
     def relay(self) -> int:

@@ -24,7 +24,8 @@ from .config import add_node_options, build_config
 from .server import run_node
 
 # The flag that sets each listener's address (for the start-up error).
-LISTEN_FLAGS = {"rtmp": "--rtmp-listen", "http": "--http-listen", "relay": "--grpc-listen",
+LISTEN_FLAGS = {"rtmp": "--rtmp-listen", "http": "--http-listen", "srt": "--srt-listen",
+                "relay": "--grpc-listen",
                 "metrics": "--metrics-listen"}
 
 

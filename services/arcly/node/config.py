@@ -21,6 +21,7 @@ from arcly.hls.service import HlsSettings, HlsVariant
 from arcly.protocols.egress import DEFAULT_COALESCE
 from arcly.protocols.listener import Limits
 from arcly.protocols.rtmp import RtmpSettings
+from arcly.protocols.srt.settings import SrtSettings, check_passphrase
 from arcly.protocols.webrtc.settings import (
     IceServer,
     WebRtcSettings,
@@ -40,6 +41,7 @@ _REGISTRY = RegistrySettings()
 _RELAY = RelaySettings()
 _EDGE = EdgeSettings()
 _WEBRTC = WebRtcSettings()
+_SRT = SrtSettings()
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -116,6 +118,9 @@ class NodeConfig:
     webrtc_advertise_ip: tuple[str, ...] = _WEBRTC.advertise_ips
     ice_servers: tuple[IceServer, ...] = _WEBRTC.ice_servers
     webrtc_consent_timeout: float = _WEBRTC.consent_timeout
+    srt_listen: Address | None = Address("0.0.0.0", 8890)  # MediaMTX's port
+    srt_passphrase: str = _SRT.passphrase
+    srt_latency_ms: int = _SRT.latency_ms
     # Warnings about retired flags that were given (logged at start; the node still runs).
     retired: tuple[str, ...] = ()
 
@@ -169,6 +174,26 @@ def _part_ms(text: str) -> float:
     value = float(text)
     if not 50 <= value <= 5000:
         raise argparse.ArgumentTypeError("must be between 50 and 5000 (ms)")
+    return value
+
+
+def _address_or_off(text: str) -> Address | None:
+    if text.strip().lower() in ("", "off", "none", "0"):
+        return None
+    return _address(text)
+
+
+def _passphrase(text: str) -> str:
+    try:
+        return check_passphrase(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _latency_ms(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 10_000:
+        raise argparse.ArgumentTypeError("must be between 0 and 10000 (ms)")
     return value
 
 
@@ -279,6 +304,13 @@ _OPTIONS: list[tuple[str, object, str]] = [
     ("--ice-servers", _ice_servers,
      "comma-separated STUN/TURN servers for the node and its clients: stun:HOST:PORT, "
      "turn:USER:PASSWORD@HOST:PORT"),
+    ("--srt-listen", _address_or_off,
+     "SRT listen address HOST:PORT for MPEG-TS over SRT (publish on origins/single nodes, read "
+     "everywhere; off to disable)"),
+    ("--srt-passphrase", _passphrase,
+     "AES passphrase SRT callers must use (10-79 characters; use the env var; empty: none)"),
+    ("--srt-latency-ms", _latency_ms,
+     "SRT receive latency this node asks for, ms (the larger of both sides' wins)"),
     ("--webrtc-consent-timeout", _positive_float,
      "seconds a WebRTC session lives without answers to ICE consent checks (a vanished "
      "browser)"),

@@ -54,12 +54,14 @@ from arcly.observe import CompositeObserver, LoggingObserver, otel, sdk, tracing
 from arcly.protocols.http import HttpServer, HttpSettings, MetricsServer
 from arcly.protocols.listener import Admission, Limits, is_loopback
 from arcly.protocols.rtmp import RtmpServer, RtmpSettings
+from arcly.protocols.srt.settings import SrtSettings
 from arcly.protocols.webrtc.settings import WebRtcSettings
 from arcly.recording import FilesystemStorage, RecordingManager, RecordSettings
 
 from .config import NodeConfig
 
 if TYPE_CHECKING:
+    from arcly.protocols.srt.server import SrtServer
     from arcly.protocols.webrtc.service import WebRtcService
 
 log = logging.getLogger("arcly.node")
@@ -190,6 +192,24 @@ def _telemetry_observer(node: _Node) -> otel.OtelObserver:
         relay_lag=(lambda: upstream.lag_ms) if upstream is not None else None)
 
 
+def _srt(node: _Node) -> SrtServer | None:
+    """The SRT listener, when libsrt can be loaded (else a warning: the node runs without)."""
+    config = node.config
+    if config.srt_listen is None:
+        return None
+    from arcly.protocols.srt import libsrt
+    from arcly.protocols.srt.server import SrtServer
+
+    try:
+        libsrt.load()
+    except libsrt.SrtUnavailable as exc:
+        log.warning("SRT is off: %s", exc)
+        return None
+    return SrtServer(config.srt_listen.host, config.srt_listen.port,
+                     SrtSettings(passphrase=config.srt_passphrase,
+                                 latency_ms=config.srt_latency_ms), admission=node.admission)
+
+
 def _webrtc(node: _Node) -> WebRtcService | None:
     """WHEP/WHIP sessions (aiortc is imported only when they are on)."""
     config = node.config
@@ -222,12 +242,16 @@ def _handlers(node: _Node, engine: Engine,
     handlers += [h for h in (node.hls, node.recorder) if h is not None]
     http_settings = HttpSettings(header_timeout=config.handshake_timeout,
                                  write_coalesce=config.write_coalesce_ms / 1000)
+    srt = _srt(node)
+    if srt is not None:
+        handlers.append(srt)
     handlers.append(HttpServer(config.http_listen.host, config.http_listen.port,
                                http_settings, engine=engine, hls=node.hls,
                                admission=node.admission, node=lambda: dict(node.identity),
                                api_token=config.api_token,
                                metrics=None if config.metrics_listen else metrics,
-                               webrtc=_webrtc(node)))
+                               webrtc=_webrtc(node),
+                               srt=srt.statistics if srt is not None else None))
     if config.metrics_listen is not None and metrics is not None:
         handlers.append(MetricsServer(config.metrics_listen.host, config.metrics_listen.port,
                                       http_settings, engine=engine, admission=node.admission,

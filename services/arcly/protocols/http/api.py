@@ -14,7 +14,7 @@ import logging
 import re
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -119,8 +119,10 @@ class ManagementApi:
 
     def __init__(self, engine: Engine, admission: Admission, *,
                  node: Callable[[], dict[str, Any]], token: str = "",
-                 webrtc: Callable[[], dict[str, Any]] | None = None) -> None:
+                 webrtc: Callable[[], dict[str, Any]] | None = None,
+                 srt: Callable[[], Awaitable[list[dict[str, Any]]]] | None = None) -> None:
         self.engine = engine
+        self.srt = srt  # the SRT connections' figures, when the node serves SRT
         self.webrtc = webrtc  # the WebRTC sessions' summary, when the node serves WebRTC
         self.admission = admission
         self.node = node  # the node's identity and figures (id, role, ...)
@@ -131,6 +133,7 @@ class ManagementApi:
         self.routes.add("GET", "/streams", self.streams)
         self.routes.add("GET", "/node", self.node_document)
         self.routes.add("GET", "/webrtc", self.webrtc_document)
+        self.routes.add("GET", "/srt", self.srt_document)
         self.routes.add("GET", "/streams/{app}/{stream}", self.stream)
         self.routes.add("DELETE", "/streams/{app}/{stream}", self.kick)
 
@@ -177,6 +180,12 @@ class ManagementApi:
             document["webrtc"] = {"sessions": len(summary["sessions"]),
                                   "audio_transcoders": len(summary["audio_transcoders"])}
         exchange.json(200, document)
+
+    async def srt_document(self, exchange: Exchange, params: dict[str, str]) -> None:
+        if self.srt is None:
+            exchange.json(404, {"error": "SRT is off on this node"})
+        else:
+            exchange.json(200, {"connections": await self.srt()})
 
     async def webrtc_document(self, exchange: Exchange, params: dict[str, str]) -> None:
         if self.webrtc is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from arcly.engine import CloseReason, Engine, ProtocolError, PublishRegistry, ShutdownToken
@@ -59,7 +59,8 @@ class HttpServer(ListeningHandler):
                  admission: Admission | None = None,
                  node: Callable[[], dict[str, Any]] = dict, api_token: str = "",
                  metrics: Callable[[], bytes] | None = None,
-                 webrtc: WebRtcService | None = None) -> None:
+                 webrtc: WebRtcService | None = None,
+                 srt: Callable[[], Awaitable[list[dict[str, Any]]]] | None = None) -> None:
         self.settings = settings or HttpSettings()
         self.admission = admission or Admission()
         self.listener = Listener(self.name, host, port, self.admission, read_limit=MAX_HEAD,
@@ -67,7 +68,8 @@ class HttpServer(ListeningHandler):
         self.flv = FlvPlayback(self.settings, self.admission)
         self.hls = HlsRoutes(hls, self.admission) if hls is not None else None
         self.api = ManagementApi(engine, self.admission, node=node, token=api_token,
-                                 webrtc=webrtc.summary if webrtc is not None else None)
+                                 webrtc=webrtc.summary if webrtc is not None else None,
+                                 srt=srt)
         self.probes = Probes(self.listener, self.admission)
         self.metrics = MetricsRoute(metrics)
         self.webrtc = webrtc

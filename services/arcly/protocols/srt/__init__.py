@@ -1,0 +1,1 @@
+"""SRT: MPEG-TS over SRT, ingest and playback (libsrt via ctypes)."""
