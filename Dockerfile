@@ -19,6 +19,7 @@ ENV PATH=/opt/arcly/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PYTHONPATH=/app/operator
+RUN apt-get update && apt-get install -y --no-install-recommends libsrt1.5-openssl && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 arcly \
  && useradd --system --uid 10001 --gid arcly --home-dir /app --shell /usr/sbin/nologin arcly
 COPY --from=build /opt/arcly /opt/arcly

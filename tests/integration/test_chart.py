@@ -11,6 +11,7 @@ import os
 import re
 import socket
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,10 @@ import pytest
 import yaml
 
 from arcly.auth import tokens
+from arcly.engine import FrameKind
+from arcly.media.tsdemux import TsDemuxer
 from arcly.protocols.http import LIVENESS_PATH, READINESS_PATH
+from arcly.protocols.srt import libsrt
 from arcly_operator import permissions
 from tests.helm_binary import find as find_helm
 from tests.support import webrtc
@@ -101,6 +105,12 @@ VALUE_SETS: dict[str, list[str]] = {
                                        "--set", "webrtc.udpPorts=20000-29999",
                                        "--set", "webrtc.iceServersSecret=turn-servers",
                                        "--set-json", "webrtc.consentTimeout=12.5"],
+    "srt-passphrase": ["--set-string", "srt.passphrase=correct horse battery",
+                       "--set", "srt.port=9000", "--set", "srt.latencyMs=400"],
+    "srt-secret-separate-services": ["--set", "srt.passphraseSecret=srt-passphrase",
+                                     "--set", "srt.separateService=true",
+                                     "--set", "origin.service.externalTrafficPolicy=Local",
+                                     "--set", "edge.service.annotations.team=media"],
 }
 # Value sets that open the node Pods to the host's network on purpose (webrtc.expose): those
 # Pods leave Pod Security "restricted" for exactly that, and nothing else.
@@ -207,7 +217,9 @@ def test_values_that_break_the_schema_are_rejected(helm: str, tmp_path: Path) ->
                 "otel:\n  protocol: http/json\n", "edge:\n  hpa:\n    metric: memory\n",
                 "webrtc:\n  udpPorts: 40000:40099\n", "webrtc:\n  expose: nodePort\n",
                 "webrtc:\n  consentTimeout: 0\n", "webrtc:\n  iceServers: [stun.example:3478]\n",
-                "webrtc:\n  enable: true\n", "webrtc:\n  advertiseIp: node.example\n"):
+                "webrtc:\n  enable: true\n", "webrtc:\n  advertiseIp: node.example\n",
+                "srt:\n  passphrase: too-short\n", f"srt:\n  passphrase: {'x' * 80}\n",
+                "srt:\n  latencyMs: 20000\n", "srt:\n  port: 0\n", "srt:\n  listen: off\n"):
         values = tmp_path / "bad.yaml"
         values.write_text(bad)
         result = run_helm(helm, "-f", str(values))
@@ -230,6 +242,8 @@ def test_values_that_break_the_schema_are_rejected(helm: str, tmp_path: Path) ->
     (["--set", "webrtc.enabled=true",
       "--set", "webrtc.iceServers[0]=turn:user:hunter2@turn.example:3478"],
      "webrtc.iceServers: \"turn:user:***@turn.example:3478\" carries credentials"),
+    (["--set-string", "srt.passphrase=correct horse battery",
+      "--set", "srt.passphraseSecret=srt"], "srt.passphrase and srt.passphraseSecret both set"),
 ])
 def test_values_that_cannot_work_fail_naming_the_value(helm: str, args: list[str],
                                                        message: str) -> None:
@@ -268,7 +282,7 @@ def test_default_render_is_closed_where_it_should_be(default: list[dict[str, Any
 
 
 def test_no_secret_value_is_written_into_a_manifest(helm: str) -> None:
-    for name in ("default", "external-redis-url", "every-option"):
+    for name in ("default", "external-redis-url", "every-option", "srt-passphrase"):
         docs = render(helm, *VALUE_SETS[name])
         secrets = [base64.b64decode(v).decode() for s in by_kind(docs, "Secret")
                    for v in s.get("data", {}).values()]
@@ -281,7 +295,7 @@ def test_no_secret_value_is_written_into_a_manifest(helm: str) -> None:
         for workload in workloads(docs):
             for container in workload["spec"]["template"]["spec"]["containers"]:
                 for entry in container.get("env", []):
-                    if re.search(r"TOKEN|PASSWORD|SECRET", entry["name"]) and \
+                    if re.search(r"TOKEN|PASSWORD|PASSPHRASE|SECRET", entry["name"]) and \
                             entry["name"] != "ARCLY_TOKEN_SECRET_FILE":
                         assert "value" not in entry, f"{name}: {entry['name']} is a literal"
 
@@ -472,13 +486,16 @@ def _nodes(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def _udp_ports(pod: dict[str, Any]) -> list[dict[str, Any]]:
-    return [p for p in pod["containers"][0]["ports"] if p.get("protocol") == "UDP"]
+    """The container's WebRTC ports (UDP, but SRT's)."""
+    return [p for p in pod["containers"][0]["ports"]
+            if p.get("protocol") == "UDP" and p["name"] != "srt"]
 
 
 def _policy_udp(docs: list[dict[str, Any]], role: str) -> list[dict[str, Any]]:
+    """What the role's NetworkPolicy admits for WebRTC (UDP, but SRT's)."""
     policy = named(docs, "NetworkPolicy", f"-{role}")
     return [port for rule in policy["spec"]["ingress"] for port in rule["ports"]
-            if port["protocol"] == "UDP"]
+            if port["protocol"] == "UDP" and port["port"] != "srt"]
 
 
 def test_webrtc_is_off_by_default_and_opens_nothing(default: list[dict[str, Any]]) -> None:
@@ -490,7 +507,7 @@ def test_webrtc_is_off_by_default_and_opens_nothing(default: list[dict[str, Any]
         assert not _udp_ports(pod) and not pod.get("hostNetwork"), role
         assert not _policy_udp(default, role), role
     ingest = named(default, "Service", "-ingest")
-    assert [p["name"] for p in ingest["spec"]["ports"]] == ["rtmp"], "no origin HTTP in public"
+    assert "http" not in {p["name"] for p in ingest["spec"]["ports"]}, "no origin HTTP in public"
 
 
 def test_webrtc_with_host_ports_reaches_each_pod_on_its_node(helm: str) -> None:
@@ -551,6 +568,15 @@ def test_webrtc_on_the_host_network_or_the_pod_network_declares_no_ports(helm: s
         assert "ARCLY_ICE_SERVERS" not in env
 
 
+def _notes(helm: str, *args: str) -> str:
+    result = subprocess.run(
+        [helm, "install", "demo", str(CHART), "--namespace", "media", "--dry-run=client", *args],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "KUBECONFIG": "/nonexistent"})  # offline: no cluster is asked
+    assert result.returncode == 0, result.stderr
+    return result.stdout.partition("NOTES:")[2]
+
+
 @pytest.mark.parametrize(("expose", "caveat"), [
     ("hostPort", "one origin or edge per node"),
     ("hostNetwork", "bind on the node too: one Pod per node"),
@@ -558,19 +584,132 @@ def test_webrtc_on_the_host_network_or_the_pod_network_declares_no_ports(helm: s
 ])
 def test_notes_give_the_webrtc_urls_and_what_the_exposure_means(helm: str, expose: str,
                                                                caveat: str) -> None:
-    result = subprocess.run(
-        [helm, "install", "demo", str(CHART), "--namespace", "media", "--dry-run=client",
-         "--set", "webrtc.enabled=true", "--set", f"webrtc.expose={expose}"],
-        capture_output=True, text=True, timeout=60,
-        env={**os.environ, "KUBECONFIG": "/nonexistent"})  # offline: no cluster is asked
-    assert result.returncode == 0, result.stderr
-    notes = result.stdout.partition("NOTES:")[2]
+    notes = _notes(helm, "--set", "webrtc.enabled=true", "--set", f"webrtc.expose={expose}")
     assert "http://$EDGE:80/live/cam1/whep" in notes
     assert "http://$INGEST:80/live/cam1/whip" in notes
     assert "UDP 40000-40099" in notes and caveat in notes, notes
 
 
+# -- SRT ---------------------------------------------------------------------------------------
+
+
+def _service_ports(docs: list[dict[str, Any]], suffix: str) -> dict[str, dict[str, Any]]:
+    return {p["name"]: p for p in named(docs, "Service", suffix)["spec"]["ports"]}
+
+
+def _all_udp(docs: list[dict[str, Any]]) -> list[Any]:
+    """Every UDP port of every container, Service and NetworkPolicy."""
+    found: list[Any] = []
+    for workload in workloads(docs):
+        for container in workload["spec"]["template"]["spec"]["containers"]:
+            found += [p for p in container.get("ports", []) if p.get("protocol") == "UDP"]
+    for service in by_kind(docs, "Service"):
+        found += [p for p in service["spec"]["ports"] if p.get("protocol") == "UDP"]
+    for policy in by_kind(docs, "NetworkPolicy"):
+        found += [p for rule in policy["spec"]["ingress"] for p in rule.get("ports", [])
+                  if p["protocol"] == "UDP"]
+    return found
+
+
+def test_srt_is_on_by_default_for_publishers_at_the_ingest_and_readers_at_the_edges(
+        default: list[dict[str, Any]]) -> None:
+    for role, pod in _nodes(default).items():
+        (container,) = pod["containers"]
+        assert {"--srt-listen=0.0.0.0:8890", "--srt-latency-ms=120"} <= set(container["args"])
+        assert {"name": "srt", "containerPort": 8890, "protocol": "UDP"} in container["ports"]
+        assert "ARCLY_SRT_PASSPHRASE" not in env_of(container), "no passphrase: none"
+        policy = named(default, "NetworkPolicy", f"-{role}")
+        assert {"port": "srt", "protocol": "UDP"} in policy["spec"]["ingress"][0]["ports"], \
+            f"{role}: SRT from anywhere, like RTMP"
+    udp = {"name": "srt", "port": 8890, "targetPort": "srt", "protocol": "UDP"}
+    assert _service_ports(default, "-ingest")["srt"] == udp, "encoders publish to origins"
+    assert _service_ports(default, "-edge")["srt"] == udp, "viewers read from edges"
+    assert "srt" not in _service_ports(default, "-origin-headless")
+    assert not [s for s in by_kind(default, "Service") if s["metadata"]["name"].endswith("-srt")]
+    assert "srt-passphrase" not in named(default, "Secret", "-secrets")["data"]
+
+
+def test_srt_disabled_turns_the_listener_off_and_opens_no_udp(helm: str) -> None:
+    docs = render(helm, "--set", "srt.enabled=false", "--set-string",
+                  "srt.passphrase=correct horse battery")
+    for role, pod in _nodes(docs).items():
+        args = pod["containers"][0]["args"]
+        assert "--srt-listen=off" in args, role
+        assert not [a for a in args if a.startswith("--srt-") and a != "--srt-listen=off"]
+        assert "ARCLY_SRT_PASSPHRASE" not in env_of(pod["containers"][0])
+    assert not _all_udp(docs), "no SRT port on Pods, Services or NetworkPolicies"
+    assert "srt-passphrase" not in named(docs, "Secret", "-secrets")["data"]
+
+
+def test_srt_passphrase_reaches_nodes_only_by_secret_reference(helm: str) -> None:
+    docs = render(helm, *VALUE_SETS["srt-passphrase"])
+    secret = named(docs, "Secret", "-secrets")["data"]["srt-passphrase"]
+    assert base64.b64decode(secret).decode() == "correct horse battery"
+    assert "correct horse battery" not in yaml.safe_dump(
+        [d for d in docs if d["kind"] != "Secret"])
+    for role, pod in _nodes(docs).items():
+        (container,) = pod["containers"]
+        assert env_of(container)["ARCLY_SRT_PASSPHRASE"]["valueFrom"] == {
+            "secretKeyRef": {"name": "demo-arcly-secrets", "key": "srt-passphrase"}}, role
+        assert {"--srt-listen=0.0.0.0:9000", "--srt-latency-ms=400"} <= set(container["args"])
+        assert {"name": "srt", "containerPort": 9000, "protocol": "UDP"} in container["ports"]
+    for suffix in ("-ingest", "-edge"):
+        assert _service_ports(docs, suffix)["srt"]["port"] == 9000
+    docs = render(helm, *VALUE_SETS["srt-secret-separate-services"])
+    for pod in _nodes(docs).values():
+        assert env_of(pod["containers"][0])["ARCLY_SRT_PASSPHRASE"]["valueFrom"] == {
+            "secretKeyRef": {"name": "srt-passphrase", "key": "srt-passphrase"}}
+    assert "srt-passphrase" not in named(docs, "Secret", "-secrets")["data"]
+
+    def checksums(*args: str) -> dict[str, str]:
+        return {component(w): w["spec"]["template"]["metadata"]["annotations"][
+            "checksum/config"] for w in workloads(render(helm, *args))}
+
+    before = checksums(*VALUE_SETS["srt-passphrase"])
+    rotated = checksums(*VALUE_SETS["srt-passphrase"],
+                        "--set-string", "srt.passphrase=another horse battery")
+    assert rotated["origin"] != before["origin"] and rotated["edge"] != before["edge"], \
+        "a new passphrase restarts the nodes (env from a Secret is read at start)"
+    assert rotated["redis"] == before["redis"] and rotated["operator"] == before["operator"]
+
+
+def test_srt_can_have_services_of_its_own(helm: str) -> None:
+    docs = render(helm, *VALUE_SETS["srt-secret-separate-services"])
+    for suffix, role in (("-ingest", "origin"), ("-edge", "edge")):
+        shared = named(docs, "Service", suffix)
+        assert "srt" not in _service_ports(docs, suffix)
+        own = named(docs, "Service", f"{suffix}-srt")
+        assert own["spec"]["ports"] == [
+            {"name": "srt", "port": 8890, "targetPort": "srt", "protocol": "UDP"}]
+        assert own["spec"]["selector"]["app.kubernetes.io/component"] == role
+        assert own["spec"]["selector"] == shared["spec"]["selector"]
+        for option in ("type", "externalTrafficPolicy"):
+            assert own["spec"].get(option) == shared["spec"].get(option), (suffix, option)
+        assert own["metadata"].get("annotations") == shared["metadata"].get("annotations")
+    assert named(docs, "Service", "-ingest-srt")["spec"]["externalTrafficPolicy"] == "Local"
+    assert named(docs, "Service", "-edge-srt")["metadata"]["annotations"] == {"team": "media"}
+
+
+def test_notes_give_the_srt_urls(helm: str) -> None:
+    notes = _notes(helm, "--set", "auth.config=")
+    assert "srt://$INGEST:8890?streamid=publish:live/cam1\n" in notes
+    assert "srt://$EDGE:8890?streamid=read:live/cam1 " in notes
+    assert "srt.separateService=true" in notes and "Kubernetes >= 1.26" in notes
+    signed = _notes(helm)  # the default: publishing needs a signed token, over SRT too
+    assert "streamid=%23!::r=live/cam1,m=publish,$(echo \"$Q\" | tr '&' ',')" in signed
+    own = _notes(helm, *VALUE_SETS["srt-secret-separate-services"])
+    assert "get svc demo-arcly-ingest-srt" in own and "get svc demo-arcly-edge-srt" in own
+    assert "get secret srt-passphrase -o jsonpath='{.data.srt-passphrase}'" in own
+    assert "srt://$EDGE_SRT:8890?streamid=read:live/cam1&passphrase=$SRT_PASSPHRASE" in own
+    assert "Kubernetes >= 1.26" not in own
+    assert "srt://" not in _notes(helm, "--set", "srt.enabled=false")
+
+
 # -- render → run ------------------------------------------------------------------------------
+
+
+SRT_PASSPHRASE = "rendered srt passphrase"
+SRT_LATENCY_MS = 250
 
 
 def free_port() -> int:
@@ -648,7 +787,9 @@ class Rendered:
 @pytest.fixture
 def chart_nodes(helm: str, tmp_path: Path, ffmpeg: str
                 ) -> Iterator[tuple[Rendered, RedisServer, Callable[..., Node]]]:
-    rendered = Rendered(render(helm, "--set", "webrtc.enabled=true"), tmp_path)
+    rendered = Rendered(render(helm, "--set", "webrtc.enabled=true",
+                               "--set-string", f"srt.passphrase={SRT_PASSPHRASE}",
+                               "--set", f"srt.latencyMs={SRT_LATENCY_MS}"), tmp_path)
     password = rendered.secrets["demo-arcly-secrets"]["redis-password"]
     redis = RedisServer(password=password)
     nodes: list[Node] = []
@@ -660,6 +801,7 @@ def chart_nodes(helm: str, tmp_path: Path, ffmpeg: str
         mounts = rendered.mount_secrets(role, container)
         grpc = free_port()
         listen = {"--rtmp-listen": "127.0.0.1:0", "--http-listen": "127.0.0.1:0",
+                  "--srt-listen": "127.0.0.1:0",
                   "--grpc-listen": f"127.0.0.1:{grpc}",
                   "--advertise-address": f"127.0.0.1:{grpc}", "--metrics-listen": "127.0.0.1:0"}
         args = rendered.args(container, env, mounts, listen)
@@ -675,7 +817,40 @@ def chart_nodes(helm: str, tmp_path: Path, ffmpeg: str
         redis.stop()
 
 
-def test_rendered_containers_run_as_a_cluster_that_enforces_tokens_and_serves_webrtc(
+def srt_video_frames(port: int, streamid: str, passphrase: str, frames: int = 10
+                     ) -> tuple[int, int]:
+    """Read ``streamid`` over SRT from 127.0.0.1:``port`` (a caller asking for 20 ms of
+    latency) until ``frames`` video frames came: (the latency the connection settled on, the
+    frames read). A refusal raises ``libsrt.SrtError`` with its ``reject_reason``."""
+    lib = libsrt.load()
+    sock = lib.create_socket()
+    try:
+        lib.setsockflag(sock, libsrt.SockOpt.STREAMID, streamid)
+        lib.setsockflag(sock, libsrt.SockOpt.PASSPHRASE, passphrase)
+        lib.setsockflag(sock, libsrt.SockOpt.LATENCY, 20)  # SRT takes the larger side's
+        lib.setsockflag(sock, libsrt.SockOpt.RCVTIMEO, 10_000)
+        lib.connect(sock, "127.0.0.1", port)
+        latency = lib.getsockflag_int(sock, libsrt.SockOpt.RCVLATENCY)
+        demuxer, seen = TsDemuxer(), 0
+        deadline = time.monotonic() + 15
+        while seen < frames and time.monotonic() < deadline:
+            seen += sum(1 for frame in demuxer.feed(lib.recvmsg(sock))
+                        if frame.kind is FrameKind.VIDEO and not frame.config)
+        return latency, seen
+    finally:
+        lib.close(sock)
+
+
+def libsrt_missing() -> str:
+    """Why libsrt cannot be loaded here ("" when it can): the nodes then run without SRT."""
+    try:
+        libsrt.load()
+    except RuntimeError as exc:  # SrtUnavailable
+        return str(exc)
+    return ""
+
+
+def test_rendered_containers_run_as_a_cluster_that_enforces_tokens_and_serves_webrtc_and_srt(
         chart_nodes: tuple[Rendered, RedisServer, Callable[..., Node]], ffmpeg: str,
         source_flv: Path) -> None:
     rendered, redis, start = chart_nodes
@@ -725,6 +900,19 @@ def test_rendered_containers_run_as_a_cluster_that_enforces_tokens_and_serves_we
                                 re.IGNORECASE)
         assert candidates and all(ip == "127.0.0.1" and 40000 <= int(port) <= 40099
                                   for ip, port in candidates), answer
+        # SRT with the rendered flags and the passphrase the Secret hands the edge.
+        if libsrt_missing():
+            assert "SRT is off" in edge.log_text(), "no libsrt: the node says so, runs on"
+        else:
+            edge.wait_for_log(r"listening protocol=srt ")
+            assert secrets["srt-passphrase"] == SRT_PASSPHRASE
+            with pytest.raises(libsrt.SrtError) as refused_srt:
+                srt_video_frames(edge.srt, "read:live/cam1", "not the passphrase")
+            assert refused_srt.value.reject_reason == libsrt.RejectReason.BADSECRET
+            latency, frames = srt_video_frames(edge.srt, "read:live/cam1",
+                                               secrets["srt-passphrase"])
+            assert frames >= 10, "MPEG-TS over SRT from the edge"
+            assert latency == SRT_LATENCY_MS, "the rendered --srt-latency-ms"
         # The management API wants the rendered API token.
         import urllib.error
         import urllib.request

@@ -60,6 +60,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 {{- end -}}
+{{- if and .Values.srt.enabled .Values.srt.passphrase .Values.srt.passphraseSecret -}}
+{{- fail "srt.passphrase and srt.passphraseSecret both set: give one (the Secret's key srt-passphrase holds the passphrase)" -}}
+{{- end -}}
 {{- end -}}
 
 {{/* ---------------------------------------------------------------------------------------
@@ -140,6 +143,7 @@ app.kubernetes.io/component: {{ .component }}
   value: {{ .root.Values.metrics.enabled | quote }}
 {{- include "arcly.otelEnv" .root }}
 {{- include "arcly.webrtcEnv" .root }}
+{{- include "arcly.srtEnv" .root }}
 {{- with .values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
@@ -169,6 +173,12 @@ app.kubernetes.io/component: {{ .component }}
 - --webrtc-consent-timeout={{ $v.webrtc.consentTimeout }}
 {{- else }}
 - --no-webrtc
+{{- end }}
+{{- if $v.srt.enabled }}
+- --srt-listen=0.0.0.0:{{ $v.srt.port }}
+- --srt-latency-ms={{ $v.srt.latencyMs }}
+{{- else }}
+- --srt-listen=off
 {{- end }}
 {{- if include "arcly.authEnabled" .root }}
 - --auth-config=/etc/arcly/auth/auth.toml
@@ -278,6 +288,48 @@ dnsPolicy: ClusterFirstWithHostNet
 {{- end -}}
 {{- end -}}
 
+{{/* ---------------------------------------------------------------------------------------
+     SRT. Unlike WebRTC's, an SRT connection is one UDP flow that kube-proxy's conntrack keeps
+     on one Pod, so the ingest (publishers) and edge (viewers) Services carry it. */}}
+
+{{/* The passphrase callers must give: only by secretKeyRef (the chart's Secret or
+     srt.passphraseSecret), and only when one is set (empty: no encryption). */}}
+{{- define "arcly.srtEnv" -}}
+{{- $s := .Values.srt -}}
+{{- if and $s.enabled (or $s.passphrase $s.passphraseSecret) }}
+- name: ARCLY_SRT_PASSPHRASE
+  valueFrom: {secretKeyRef: {{ include "arcly.secretRef" (dict "root" . "existing" $s.passphraseSecret "existingKey" "srt-passphrase" "key" "srt-passphrase") }}}
+{{- end }}
+{{- end -}}
+
+{{/* The Service port of SRT: on the ingest and edge Services, or (srt.separateService) on
+     Services of their own for load balancers that cannot mix TCP and UDP. */}}
+{{- define "arcly.srtServicePort" -}}
+- {name: srt, port: {{ .Values.srt.port }}, targetPort: srt, protocol: UDP}
+{{- end -}}
+
+{{/* The dedicated SRT Service of a role, when srt.separateService:
+     (dict "root" . "name" SUFFIX "component" origin|edge "service" SERVICE_VALUES) */}}
+{{- define "arcly.srtService" -}}
+{{- if and .root.Values.srt.enabled .root.Values.srt.separateService }}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ include "arcly.fullname" .root }}-{{ .name }}-srt
+  labels: {{- include "arcly.labels" .root | nindent 4 }}
+    app.kubernetes.io/component: {{ .component }}
+  {{- with .service.annotations }}
+  annotations: {{- toYaml . | nindent 4 }}
+  {{- end }}
+spec:
+  {{- include "arcly.serviceOptions" .service | nindent 2 }}
+  selector: {{- include "arcly.selector" (dict "root" .root "component" .component) | nindent 4 }}
+  ports:
+    {{- include "arcly.srtServicePort" .root | nindent 4 }}
+{{- end }}
+{{- end -}}
+
 {{/* The node container's probes and drain hook, on the endpoints the node serves. */}}
 {{- define "arcly.nodeProbes" -}}
 livenessProbe:
@@ -318,7 +370,8 @@ lifecycle:
 {{- else if eq .component "operator" -}}
 {{- $registry | toJson | sha256sum -}}
 {{- else -}}
-{{- dict "auth" $v.auth "api" $v.api "relay" $v.relay "registry" $registry | toJson | sha256sum -}}
+{{- $srt := dict "passphrase" $v.srt.passphrase "secret" $v.srt.passphraseSecret -}}
+{{- dict "auth" $v.auth "api" $v.api "relay" $v.relay "registry" $registry "srt" $srt | toJson | sha256sum -}}
 {{- end -}}
 {{- end -}}
 
