@@ -69,7 +69,7 @@ def test_publish_relay_play_spans_form_one_story(redis_server: RedisServer,
                           http_listen=Address("127.0.0.1", http),
                           grpc_listen=Address("127.0.0.1", grpc_port or free_port()),
                           redis_url=redis_server.url, node_id=node_id, relay_token="t",
-                          hls=False, drain_timeout=1)
+                          hls=False, drain_timeout=1, srt_listen=None)
 
     async def scenario() -> None:
         tokens = [ShutdownToken(), ShutdownToken()]

@@ -175,14 +175,10 @@ def _skip_scaling_list(bits: _Bits, size: int) -> None:
         last = following or last
 
 
-def hevc_sps_size(sps: bytes) -> tuple[int, int]:
-    """Width and height of an HEVC SPS NAL unit (ITU-T H.265 §7.3.2.2), conformance window
-    applied."""
-    bits = _Bits(unescape(sps)[2:])
-    bits.u(4)  # sps_video_parameter_set_id
-    sub_layers = bits.u(3)  # sps_max_sub_layers_minus1
-    bits.u(1)  # sps_temporal_id_nesting_flag
-    # profile_tier_level(1, sps_max_sub_layers_minus1) (§7.3.3): 96 bits of general fields.
+def hevc_sps_chroma_format(bits: _Bits, sub_layers: int) -> int:
+    """From after sps_temporal_id_nesting_flag: skip profile_tier_level(1, sub_layers)
+    (H.265 §7.3.3: 96 bits of general fields, then the sub-layers') and the SPS id; the
+    chroma_format_idc that follows."""
     bits.u(48)
     bits.u(48)
     present = [(bits.u(1), bits.u(1)) for _ in range(sub_layers)]
@@ -191,7 +187,17 @@ def hevc_sps_size(sps: bytes) -> tuple[int, int]:
     for profile_present, level_present in present:
         bits.u(88 * profile_present + 8 * level_present)
     bits.ue()  # sps_seq_parameter_set_id
-    chroma_format_idc = bits.ue()
+    return bits.ue()
+
+
+def hevc_sps_size(sps: bytes) -> tuple[int, int]:
+    """Width and height of an HEVC SPS NAL unit (ITU-T H.265 §7.3.2.2), conformance window
+    applied."""
+    bits = _Bits(unescape(sps)[2:])
+    bits.u(4)  # sps_video_parameter_set_id
+    sub_layers = bits.u(3)  # sps_max_sub_layers_minus1
+    bits.u(1)  # sps_temporal_id_nesting_flag
+    chroma_format_idc = hevc_sps_chroma_format(bits, sub_layers)
     separate_planes = bits.u(1) if chroma_format_idc == 3 else 0
     width, height = bits.ue(), bits.ue()
     if bits.u(1):  # conformance_window_flag: offsets in chroma samples (§7.4.3.2.1)

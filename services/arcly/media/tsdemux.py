@@ -32,7 +32,7 @@ from arcly.engine.frame import Frame, FrameKind
 
 from . import codecs
 from .flv import make_frame
-from .fmp4 import _Bits, unescape
+from .fmp4 import _Bits, hevc_sps_chroma_format, unescape
 from .mpegts import PACKET, PID_PAT, STREAM_TYPE, crc32_mpeg2
 
 SYNC = 0x47
@@ -371,15 +371,7 @@ def hevc_config_record(vps: bytes, sps: bytes, pps: bytes) -> bytes:
         raise ProtocolError(f"HEVC SPS with sps_max_sub_layers_minus1 {sub_layers} > 6")
     nested = bits.u(1)  # sps_temporal_id_nesting_flag
     general = rbsp[3:15]  # profile_space/tier/profile_idc, compatibility, constraints, level
-    bits.u(48)
-    bits.u(48)
-    present = [(bits.u(1), bits.u(1)) for _ in range(sub_layers)]
-    if sub_layers:
-        bits.u(2 * (8 - sub_layers))  # reserved_zero_2bits
-    for profile_present, level_present in present:
-        bits.u(88 * profile_present + 8 * level_present)
-    bits.ue()  # sps_seq_parameter_set_id
-    chroma_format_idc = bits.ue()
+    chroma_format_idc = hevc_sps_chroma_format(bits, sub_layers)
     if chroma_format_idc == 3:
         bits.u(1)  # separate_colour_plane_flag
     bits.ue()  # pic_width_in_luma_samples

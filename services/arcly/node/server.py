@@ -192,7 +192,7 @@ def _telemetry_observer(node: _Node) -> otel.OtelObserver:
         relay_lag=(lambda: upstream.lag_ms) if upstream is not None else None)
 
 
-def _srt(node: _Node) -> SrtServer | None:
+def _srt(node: _Node, engine: Engine) -> SrtServer | None:
     """The SRT listener, when libsrt can be loaded (else a warning: the node runs without)."""
     config = node.config
     if config.srt_listen is None:
@@ -207,7 +207,8 @@ def _srt(node: _Node) -> SrtServer | None:
         return None
     return SrtServer(config.srt_listen.host, config.srt_listen.port,
                      SrtSettings(passphrase=config.srt_passphrase,
-                                 latency_ms=config.srt_latency_ms), admission=node.admission)
+                                 latency_ms=config.srt_latency_ms),
+                     admission=node.admission, engine=engine)
 
 
 def _webrtc(node: _Node) -> WebRtcService | None:
@@ -242,7 +243,7 @@ def _handlers(node: _Node, engine: Engine,
     handlers += [h for h in (node.hls, node.recorder) if h is not None]
     http_settings = HttpSettings(header_timeout=config.handshake_timeout,
                                  write_coalesce=config.write_coalesce_ms / 1000)
-    srt = _srt(node)
+    srt = _srt(node, engine)
     if srt is not None:
         handlers.append(srt)
     handlers.append(HttpServer(config.http_listen.host, config.http_listen.port,

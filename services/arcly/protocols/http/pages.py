@@ -110,6 +110,15 @@ async def serve_static(exchange: Exchange, params: dict[str, str]) -> None:
                          {"Cache-Control": "public, max-age=3600"})
 
 
+def _key(exchange: Exchange, params: dict[str, str]) -> StreamKey | None:
+    """The page's stream key, or None once the client got its 404."""
+    try:
+        return StreamKey(params["app"], params["stream"])
+    except InvalidStreamKey as exc:
+        exchange.respond(404, f"{exc}\n")
+        return None
+
+
 class Pages:
     """The status and player pages of a node (``low_latency``: it serves Low-Latency HLS)."""
 
@@ -120,10 +129,8 @@ class Pages:
         exchange.respond(200, status_page(low_latency=self.low_latency), HTML)
 
     async def player(self, exchange: Exchange, params: dict[str, str]) -> None:
-        try:
-            key = StreamKey(params["app"], params["stream"])
-        except InvalidStreamKey as exc:
-            exchange.respond(404, f"{exc}\n")
+        key = _key(exchange, params)
+        if key is None:
             return
         kind = exchange.request.query.get("type", "hls")
         if kind not in ("flv", "webrtc"):
@@ -131,9 +138,7 @@ class Pages:
         exchange.respond(200, player_page(key, kind=kind, low_latency=self.low_latency), HTML)
 
     async def publisher(self, exchange: Exchange, params: dict[str, str]) -> None:
-        try:
-            key = StreamKey(params["app"], params["stream"])
-        except InvalidStreamKey as exc:
-            exchange.respond(404, f"{exc}\n")
+        key = _key(exchange, params)
+        if key is None:
             return
         exchange.respond(200, player_page(key, publish=True), HTML)

@@ -30,8 +30,10 @@ from arcly.engine import (
     Action,
     ArclyError,
     AuthError,
+    AuthGrant,
     AuthRequest,
     CloseReason,
+    Engine,
     Frame,
     FrameKind,
     ListenError,
@@ -39,6 +41,7 @@ from arcly.engine import (
     PublishRegistry,
     ShutdownToken,
     StreamBusy,
+    StreamKey,
     StreamNotFound,
     Subscription,
 )
@@ -54,18 +57,22 @@ from .streamid import StreamIdError, parse
 log = logging.getLogger("arcly.srt")
 
 _PREPARED_TTL = 10.0  # seconds a callback's publish/subscription waits for its accept
-_MAX_SEND_QUEUE = 4096  # messages queued for one reader before it counts as stalled
+# Messages queued for one reader before it counts as stalled: room for a start burst of a long
+# GOP at a high bitrate (16 Mi messages of 1316 bytes would be 21 GB: 16384 is ~21 MB).
+_MAX_SEND_QUEUE = 16384
 _GATE_MS = 1000  # a publisher's frames wait at most this long for both configurations
 
 
 @dataclass(slots=True)
 class _Prepared:
-    """What the listen callback set up for a caller about to be accepted."""
+    """A caller the listen callback let through, waiting for its accept: what it asked for
+    (nothing is held for it yet: the passphrase is checked only after the callback)."""
 
-    key: str
+    key: StreamKey
     peer: str
-    handle: PublishHandle | None = None
-    sub: Subscription | None = None
+    publish: bool
+    grant: AuthGrant | None = None
+    expiry: asyncio.TimerHandle | None = None
 
 
 @dataclass(slots=True)
@@ -73,6 +80,7 @@ class _Connection:
     sock: int
     peer: str
     key: str
+    ip: str = ""  # counted in Admission.connections while open
     handle: PublishHandle | None = None
     sub: Subscription | None = None
     demuxer: TsDemuxer | None = None
@@ -89,7 +97,8 @@ class SrtServer:
     name = "srt"
 
     def __init__(self, host: str, port: int, settings: SrtSettings | None = None, *,
-                 admission: Admission | None = None) -> None:
+                 admission: Admission | None = None, engine: Engine | None = None) -> None:
+        self.engine = engine  # what is published here, for the decisions made from memory
         self.host = host
         self.port = port
         self.settings = settings or SrtSettings()
@@ -104,6 +113,7 @@ class SrtServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._worker: _Worker | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.closing = False
 
     # -- start-up ------------------------------------------------------------------------
 
@@ -155,26 +165,34 @@ class SrtServer:
         try:
             await shutdown.wait()
         finally:
+            self.closing = True  # no caller is admitted or attached from here on
+            for prepared in self._prepared.values():
+                if prepared.expiry is not None:
+                    prepared.expiry.cancel()
+            self._prepared.clear()
             for conn in list(self.connections.values()):
                 self._finish(conn, CloseReason.SHUTDOWN)
-            for prepared in list(self._prepared.values()):
-                await self._release(prepared, CloseReason.SHUTDOWN)
-            self._prepared.clear()
             if self._tasks:
                 await asyncio.wait(list(self._tasks), timeout=5)
+            for task in list(self._tasks):
+                task.cancel()
             await asyncio.to_thread(self._worker.stop)
 
     # -- admission: the listen callback (libsrt's thread) ---------------------------------
 
     def _on_handshake(self, incoming: Incoming) -> int:
+        """libsrt's receive thread, which every connection on the port waits for meanwhile:
+        decide from memory and the auth provider only (static keys and signed tokens answer
+        at once); starting the publish or the subscription waits for the accept, after libsrt
+        has checked the passphrase."""
         loop = self._loop
-        if loop is None or self._worker is None or self._worker.stopping:
+        if loop is None or self.closing or self._worker is None or self._worker.stopping:
             raise Reject(RejectReason.X_DOWN)
         future = asyncio.run_coroutine_threadsafe(self._admit(incoming), loop)
         try:
             code = future.result(self.settings.admit_timeout)
         except TimeoutError:
-            future.cancel()
+            # Not cancelled: the decision lands in _prepared and expires unused.
             log.warning("srt admission timed out peer=%s:%d", *incoming.peer)
             raise Reject(RejectReason.X_OVERLOAD) from None
         if code:
@@ -182,7 +200,7 @@ class SrtServer:
         return 0
 
     async def _admit(self, incoming: Incoming) -> int:
-        """Decide on a caller; 0 to accept (with its publish or subscription prepared)."""
+        """Decide on a caller; 0 lets it through (see ``_on_handshake``)."""
         peer = f"{incoming.peer[0]}:{incoming.peer[1]}"
         try:
             request = parse(incoming.streamid)
@@ -192,93 +210,109 @@ class SrtServer:
         registry = self._registry
         assert registry is not None
         key = request.key
-        admission = self.admission
-        why, code = "", 0
-        if admission.draining:
-            why, code = "node is draining", RejectReason.X_DOWN
-        elif request.publish and not admission.allow_publish:
-            why, code = "this node takes no publishers", RejectReason.X_FORBIDDEN
-        if code:
-            log.info("srt refused stream=%s peer=%s reason=%s", key, peer, why)
-            return code
-        action = Action.PUBLISH if request.publish else Action.PLAY
         try:
+            self._check(request.publish, key, peer)
+            action = Action.PUBLISH if request.publish else Action.PLAY
             grant = await registry.authorize(AuthRequest(action, key, "srt", peer,
                                                          request.credentials))
-            prepared = _Prepared(str(key), peer)
-            if request.publish:
-                if admission.publishers >= admission.limits.max_publishers:
-                    admission.refuse("max_publishers", f"peer={peer} stream={key}")
-                    raise _Refusal("too many publishers", RejectReason.X_OVERLOAD)
-                if grant is not None and grant.takeover and \
-                        await registry.end_publish(key, CloseReason.TAKEN_OVER):
-                    log.warning("publish takeover stream=%s peer=%s", key, peer)
-                prepared.handle = await registry.start_publish(key, protocol="srt", peer=peer)
-                admission.publishers += 1
-            else:
-                sub = await registry.subscribe(key, protocol="srt", peer=peer)
-                if not admission.admit_viewer(sub, peer):
-                    raise _Refusal("too many viewers", RejectReason.X_OVERLOAD)
-                prepared.sub = sub
-        except AuthError as exc:
-            offered = any(request.credentials.values())
-            log.info("srt refused stream=%s peer=%s reason=%s", key, peer, exc)
-            return RejectReason.X_FORBIDDEN if offered else RejectReason.X_UNAUTHORIZED
-        except StreamNotFound as exc:
-            log.info("srt refused stream=%s peer=%s reason=%s", key, peer, exc)
-            return RejectReason.X_NOTFOUND
-        except StreamBusy as exc:
-            log.info("srt refused stream=%s peer=%s reason=%s", key, peer, exc)
-            return RejectReason.X_CONFLICT
-        except _Refusal as refusal:
-            log.info("srt refused stream=%s peer=%s reason=%s", key, peer, refusal)
-            return refusal.code
-        except ArclyError as exc:
-            log.warning("srt refused stream=%s peer=%s reason=%s", key, peer, exc)
-            return RejectReason.X_UNACCEPTABLE
+            engine = self.engine
+            local = engine.stream(key) if engine is not None else None
+            if request.publish and local is not None and not local.relayed and \
+                    not (grant is not None and grant.takeover):
+                raise StreamBusy(f"{key} is already being published")
+            if not request.publish and local is None and engine is not None and \
+                    engine.upstream is None:
+                raise StreamNotFound(f"{key} is not being published")
+        except (ArclyError, _Refusal) as exc:
+            code = _reject_code(exc, offered=any(request.credentials.values()))
+            quiet = code != RejectReason.X_UNACCEPTABLE
+            (log.info if quiet else log.warning)(
+                "srt refused stream=%s peer=%s reason=%s", key, peer, exc)
+            return code
+        if self.closing:
+            return RejectReason.X_DOWN
+        prepared = _Prepared(key, peer, request.publish, grant)
+        prepared.expiry = asyncio.get_running_loop().call_later(
+            _PREPARED_TTL, self._prepared.pop, incoming.sock, None)
         self._prepared[incoming.sock] = prepared
-        self._spawn(self._expire(incoming.sock))
         return 0
 
-    async def _expire(self, sock: int) -> None:
-        """A handshake accepted by the callback that never completes gives back its
-        publish or subscription."""
-        await asyncio.sleep(_PREPARED_TTL)
-        prepared = self._prepared.pop(sock, None)
-        if prepared is not None:
-            log.info("srt handshake never completed stream=%s peer=%s", prepared.key,
-                     prepared.peer)
-            await self._release(prepared, "handshake failed")
-
-    async def _release(self, prepared: _Prepared, reason: str) -> None:
-        if prepared.sub is not None:
-            prepared.sub.close(reason)
-        if prepared.handle is not None:
-            self.admission.publishers -= 1
-            if not prepared.handle.ended.cancelled and self._registry is not None:
-                await self._registry.end_publish(prepared.handle.key, reason)
+    def _check(self, publish: bool, key: StreamKey, peer: str) -> None:
+        """The node's own limits and state, before anything is asked of anyone."""
+        admission = self.admission
+        if admission.draining:
+            raise _Refusal("node is draining", RejectReason.X_DOWN)
+        if publish and not admission.allow_publish:
+            raise _Refusal("this node takes no publishers", RejectReason.X_FORBIDDEN)
+        limits = admission.limits
+        if admission.connections >= limits.max_connections:
+            admission.refuse("max_connections", f"peer={peer}")
+            raise _Refusal("too many connections", RejectReason.X_OVERLOAD)
+        if publish and admission.publishers >= limits.max_publishers:
+            admission.refuse("max_publishers", f"peer={peer} stream={key}")
+            raise _Refusal("too many publishers", RejectReason.X_OVERLOAD)
 
     # -- connections (the event loop) ----------------------------------------------------
 
     def accepted(self, sock: int, peer: tuple[str, int]) -> None:
-        """The worker accepted ``sock``: attach what its callback prepared."""
+        """The worker accepted ``sock`` (handshake and passphrase done): start what its
+        callback let through."""
         prepared = self._prepared.pop(sock, None)
         worker = self._worker
         assert worker is not None
-        if prepared is None:  # its callback's preparation expired meanwhile
+        if prepared is None or self.closing:  # expired meanwhile, or the node is stopping
             worker.close(sock)
             return
-        conn = _Connection(sock, prepared.peer, prepared.key, prepared.handle, prepared.sub,
+        if prepared.expiry is not None:
+            prepared.expiry.cancel()
+        ip = prepared.peer.rpartition(":")[0]
+        if not self.admission.open_connection(ip):  # per-IP and total caps, as for TCP
+            worker.close(sock)
+            return
+        conn = _Connection(sock, prepared.peer, str(prepared.key), ip=ip,
                            started=asyncio.get_running_loop().time())
         self.connections[sock] = conn
-        if conn.handle is not None:
-            conn.demuxer = TsDemuxer()
-            conn.gate = []
-            log.info("srt publish start stream=%s peer=%s", conn.key, conn.peer)
-            conn.task = self._spawn(self._watch_publish(conn))
-        else:
-            log.info("srt play start stream=%s peer=%s", conn.key, conn.peer)
-            conn.task = self._spawn(self._read(conn))
+        conn.task = self._spawn(self._start(conn, prepared))
+
+    async def _start(self, conn: _Connection, prepared: _Prepared) -> None:
+        """Open the publish or the subscription; a refusal now (the key was claimed
+        elsewhere in the cluster, an edge found no such stream) closes the connection."""
+        registry = self._registry
+        assert registry is not None
+        key, peer, admission = prepared.key, prepared.peer, self.admission
+        try:
+            if prepared.publish:
+                if admission.publishers >= admission.limits.max_publishers:
+                    admission.refuse("max_publishers", f"peer={peer} stream={key}")
+                    raise _Refusal("too many publishers", RejectReason.X_OVERLOAD)
+                grant = prepared.grant
+                if grant is not None and grant.takeover and \
+                        await registry.end_publish(key, CloseReason.TAKEN_OVER):
+                    log.warning("publish takeover stream=%s peer=%s", key, peer)
+                handle = await registry.start_publish(key, protocol="srt", peer=peer)
+                admission.publishers += 1
+                conn.handle = handle
+                if conn.closed:  # the caller left meanwhile
+                    admission.publishers -= 1
+                    await registry.end_publish(key, "connection closed")
+                    return
+                conn.demuxer = TsDemuxer()
+                conn.gate = []
+                log.info("srt publish start stream=%s peer=%s", conn.key, conn.peer)
+                await self._watch_publish(conn)
+            else:
+                sub = await registry.subscribe(key, protocol="srt", peer=peer)
+                if not admission.admit_viewer(sub, peer):
+                    raise _Refusal("too many viewers", RejectReason.X_OVERLOAD)
+                conn.sub = sub
+                if conn.closed:
+                    sub.close("connection closed")
+                    return
+                log.info("srt play start stream=%s peer=%s", conn.key, conn.peer)
+                await self._read(conn)
+        except (ArclyError, _Refusal) as exc:
+            log.info("srt refused after accept stream=%s peer=%s reason=%s", key, peer, exc)
+            self._finish(conn, f"refused: {exc}")
 
     def received(self, sock: int, chunks: list[bytes]) -> None:
         conn = self.connections.get(sock)
@@ -305,6 +339,12 @@ class SrtServer:
         for frame in frames:
             if not handle.publish_frame(frame):
                 return
+
+    def worker_failed(self) -> None:
+        """The worker thread died: every connection ends, no caller is taken any more."""
+        self.closing = True
+        for conn in list(self.connections.values()):
+            self._finish(conn, "srt worker failed")
 
     def broken(self, sock: int, reason: str) -> None:
         conn = self.connections.get(sock)
@@ -337,6 +377,8 @@ class SrtServer:
             return
         conn.closed = True
         self.connections.pop(conn.sock, None)
+        if conn.ip:
+            self.admission.close_connection(conn.ip)
         if self._worker is not None:
             self._worker.close(conn.sock)
         if conn.sub is not None:
@@ -368,7 +410,11 @@ class SrtServer:
         if worker is None:
             return []
         conns = list(self.connections.values())
-        figures = await asyncio.gather(*(worker.stats(c.sock) for c in conns))
+        try:
+            async with asyncio.timeout(2):
+                figures = await asyncio.gather(*(worker.stats(c.sock) for c in conns))
+        except TimeoutError:
+            figures = [None] * len(conns)
         loop = asyncio.get_running_loop()
         out = []
         for conn, stats in zip(conns, figures, strict=True):
@@ -382,6 +428,19 @@ class SrtServer:
                 entry["demux"] = dataclasses.asdict(conn.demuxer.stats)
             out.append(entry)
         return out
+
+
+def _reject_code(exc: Exception, *, offered: bool) -> int:
+    """The SRT rejection reason for a refusal (1000 + the HTTP status it would be)."""
+    if isinstance(exc, _Refusal):
+        return exc.code
+    if isinstance(exc, AuthError):
+        return RejectReason.X_FORBIDDEN if offered else RejectReason.X_UNAUTHORIZED
+    if isinstance(exc, StreamNotFound):
+        return RejectReason.X_NOTFOUND
+    if isinstance(exc, StreamBusy):
+        return RejectReason.X_CONFLICT
+    return RejectReason.X_UNACCEPTABLE
 
 
 async def _end(registry: PublishRegistry, handle: PublishHandle, reason: str) -> None:
@@ -413,6 +472,7 @@ class _Worker:
         self._queued: dict[int, int] = {}  # messages waiting per socket (under _lock)
         self._lock = threading.Lock()
         self._watched: set[int] = set()  # accepted sockets in the epoll
+        self._slow: set[int] = set()  # readers cut for a full send buffer
         self._thread = threading.Thread(target=self._run, name="srt", daemon=True)
 
     def start(self) -> None:
@@ -475,7 +535,8 @@ class _Worker:
                         self._receive(sock)
                 self._run_commands()
         except Exception:
-            log.exception("srt worker failed")
+            log.exception("srt worker failed: SRT connections end")
+            self.loop.call_soon_threadsafe(self.server.worker_failed)
         finally:
             self._shutdown()
 
@@ -535,17 +596,21 @@ class _Worker:
             if command == "send":
                 with self._lock:
                     self._queued[sock] = max(0, self._queued.get(sock, 0) - len(arg))
+                if sock in self._slow:
+                    continue  # cut already: no gap-ridden tail before the close
                 for chunk in arg:
                     try:
                         lib.sendmsg(sock, chunk)
                     except SrtError as exc:
                         if not exc.would_block:
                             break
-                        # The send buffer is full: drop the rest of this write.
+                        # The send buffer is full: the reader cannot keep up; cut it.
+                        self._slow.add(sock)
                         self.loop.call_soon_threadsafe(self.server.broken, sock,
                                                        CloseReason.SLOW_VIEWER)
                         break
             elif command == "close":
+                self._slow.discard(sock)
                 with self._lock:
                     self._queued.pop(sock, None)
                 self._unwatch(sock)
@@ -575,7 +640,7 @@ class _Worker:
 
     def _shutdown(self) -> None:
         lib = self.lib
-        for sock in list(self.server.connections):
+        for sock in list(self._watched):
             with contextlib.suppress(SrtError):
                 lib.close(sock)
         self._run_commands()

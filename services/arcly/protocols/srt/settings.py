@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 def check_passphrase(text: str) -> str:
     """SRT's AES passphrase: empty (no encryption) or 10 to 79 characters."""
-    if text and not 10 <= len(text) <= 79:
-        raise ValueError("an SRT passphrase is 10 to 79 characters")
+    if text and not 10 <= len(text.encode()) <= 79:
+        raise ValueError("an SRT passphrase is 10 to 79 bytes (characters, in ASCII)")
     return text
 
 
@@ -21,5 +21,5 @@ class SrtSettings:
 
     passphrase: str = ""
     latency_ms: int = 120
-    admit_timeout: float = 3.0
+    admit_timeout: float = 1.0
     reader_buffer_ms: int = 3000  # a reader this far behind in its send buffer is cut

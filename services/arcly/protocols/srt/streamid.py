@@ -94,8 +94,9 @@ def _access_control(text: str) -> StreamRequest:
 def _mediamtx(text: str) -> StreamRequest:
     action, sep, rest = text.partition(":")
     if not sep or action not in ("publish", "read"):
-        raise StreamIdError(f"stream id {text[:60]!r} does not start with publish: or read: "
-                            "(or #!:: for the access-control syntax)")
+        # (the id itself is not repeated: after a typo it may hold a password)
+        raise StreamIdError("stream id does not start with publish: or read: (or #!:: for "
+                            "the access-control syntax)")
     rest, _, query = rest.partition("?")
     parts = rest.split(":")
     credentials: dict[str, str] = {}

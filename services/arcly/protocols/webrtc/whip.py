@@ -96,6 +96,7 @@ class WhipSession(Session):
         self._opus: OpusToAac | None = None
         self._anchor_ms: dict[str, float] = {}
         self._last_video_ms = 0
+        self.late_fragments = 0
         self.frames_in = 0
         self.spawn(self._watch_publish(), "publish watch")
 
@@ -142,6 +143,12 @@ class WhipSession(Session):
 
     def _on_video(self, frame: EncodedFrame) -> None:
         timestamp = self._timestamp("video", frame)
+        if timestamp == self._last_video_ms and self.frames_in:
+            # A second piece of an access unit already handed over (aiortc's jitter buffer
+            # emits packets that arrive after their frame as a frame of their own): drop it,
+            # a frame with the same time would make downstream decode times repeat.
+            self.late_fragments += 1
+            return
         if timestamp < self._last_video_ms:
             # RTP carries presentation times: going back means B-frames, which FLV, HLS and
             # WebRTC viewers downstream cannot take without decode times we do not have.
@@ -186,4 +193,5 @@ class WhipSession(Session):
     def summary(self) -> dict[str, Any]:
         out = super().summary()
         out["frames_in"] = self.frames_in
+        out["late_fragments"] = self.late_fragments
         return out
