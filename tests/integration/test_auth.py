@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import jwt as pyjwt
 import pytest
 from aiohttp import web
 
@@ -24,6 +25,7 @@ from tests.support.rtmp_client import RtmpClient
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
+JWT_SECRET = "jwt-test-secret-of-thirty-two-bytes!"
 SECRET = "token-secret"
 
 
@@ -107,6 +109,11 @@ on_publish = "http://127.0.0.1:9/on_publish"
 timeout = 1
 on_failure = "deny"
 
+[apps.jwt]
+provider = "jwt"
+secret_env = "ARCLY_TEST_JWT"
+audience = "arcly"
+
 [apps.downok]
 provider = "webhook"
 on_publish = "http://127.0.0.1:9/on_publish"
@@ -114,7 +121,7 @@ timeout = 1
 on_failure = "allow"
 """)
     return node_factory("--auth-config", str(config), "--api-token", "api-secret",
-                        env={"ARCLY_TEST_SECRET": SECRET})
+                        env={"ARCLY_TEST_SECRET": SECRET, "ARCLY_TEST_JWT": JWT_SECRET})
 
 
 def publish_status(node: Node, app: str, name: str, tags: list[Any] | None = None) -> str:
@@ -219,6 +226,24 @@ def test_static_keys_guard_publish_play_flv_and_hls(secured: Node, source_flv: P
     live.join()
     assert live.closed, "the replaced publisher was disconnected"
     secured.wait_for_log(r"publish takeover stream=static/cam")
+
+
+def test_jwt_permissions_decide_publish_and_play_on_a_real_node(secured: Node) -> None:
+    def token(*permissions: tuple[str, str], **claims: Any) -> str:
+        body = {"arcly_permissions": [{"action": a, "path": p} for a, p in permissions],
+                "aud": "arcly", "exp": int(time.time()) + 60, **claims}
+        return pyjwt.encode(body, JWT_SECRET, algorithm="HS256")
+
+    publisher = token(("publish", "jwt/*"), ("play", "jwt/*"))
+    viewer = token(("play", "jwt/*"))
+    assert publish_status(secured, "jwt", "cam") == "NetStream.Publish.Unauthorized"
+    assert publish_status(secured, "jwt", f"cam?jwt={viewer}") == \
+        "NetStream.Publish.Unauthorized"
+    assert publish_status(secured, "jwt", f"cam?jwt={token(('publish', 'jwt/*'), aud='x')}") \
+        == "NetStream.Publish.Unauthorized"
+    assert publish_status(secured, "jwt", f"cam?jwt={publisher}") == "NetStream.Publish.Start"
+    secured.wait_for_log(r"jwt refused action=publish stream=jwt/cam .*reason=no permission")
+    secured.wait_for_log(r"jwt refused action=publish stream=jwt/cam .*Audience")
 
 
 def test_signed_tokens_expire_and_cannot_be_tampered(secured: Node) -> None:

@@ -23,6 +23,13 @@
     on_failure = "deny"            # or "allow"
     cache_seconds = 5
 
+    [apps.app]
+    provider = "jwt"               # ?jwt=… or Authorization: Bearer (see arcly.auth.jwt)
+    jwks_url = "https://idp.example.com/.well-known/jwks.json"   # RS256/ES256
+    # secret_env = "ARCLY_JWT_SECRET"                            # or HS256
+    audience = "arcly"             # checked when set
+    skew = 30
+
 Secrets never need to be in the file: ``secret_env`` names an environment variable, ``*_file``
 names a file.
 """
@@ -38,9 +45,10 @@ from typing import Any
 
 from arcly.engine import Action, AllowAll, AuthGrant, AuthProvider, AuthRequest
 
+from .jwt import JwtTokens
 from .providers import SignedTokens, StaticKeys, Webhooks
 
-PROVIDERS = ("allow-all", "static", "tokens", "webhook")
+PROVIDERS = ("allow-all", "static", "tokens", "webhook", "jwt")
 
 
 class AuthConfigError(ValueError):
@@ -135,6 +143,21 @@ def build_provider(section: Mapping[str, Any], where: str, *, node: str = "") ->
                         on_failure=policy,
                         cache_seconds=_number(section, "cache_seconds", Webhooks, where),
                         node=node)
+    if kind == "jwt":
+        secret = section.get("secret") or os.environ.get(section.get("secret_env", ""), "")
+        jwks_url = str(section.get("jwks_url", ""))
+        if jwks_url and not jwks_url.startswith(("http://", "https://")):
+            raise AuthConfigError(f"{where}: jwks_url must be an http(s) URL")
+        if bool(jwks_url) == bool(secret):
+            raise AuthConfigError(f"{where}: jwt needs 'jwks_url' (RS256/ES256) or a set "
+                                  "'secret_env' (HS256), not both")
+        return JwtTokens(jwks_url=jwks_url, secret=secret,
+                         audience=str(section.get("audience", "")),
+                         skew=_number(section, "skew", JwtTokens, where),
+                         jwks_cache_seconds=_number(section, "jwks_cache_seconds", JwtTokens,
+                                                    where),
+                         jwks_refresh_cooldown=_number(section, "jwks_refresh_cooldown",
+                                                       JwtTokens, where))
     raise AuthConfigError(f"{where}: unknown provider {kind!r} (one of {', '.join(PROVIDERS)})")
 
 
