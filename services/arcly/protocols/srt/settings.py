@@ -17,9 +17,9 @@ class SrtSettings:
     """``passphrase``: callers must use it (AES; empty: no encryption). ``latency_ms``: the
     receive latency this side asks for (SRT's own default, 120 ms; the larger of both sides'
     wins, so a caller's ``latency=`` may raise it). ``admit_timeout``: how long a handshake may
-    wait for the auth decision (it runs on libsrt's receive thread: keep webhooks fast)."""
+    wait for the auth decision (it runs on libsrt's receive thread: keep webhooks fast). A
+    reader is cut when libsrt's send buffer for it is full (``CloseReason.SLOW_VIEWER``)."""
 
     passphrase: str = ""
     latency_ms: int = 120
     admit_timeout: float = 1.0
-    reader_buffer_ms: int = 3000  # a reader this far behind in its send buffer is cut
