@@ -27,7 +27,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from typing import TYPE_CHECKING, Generic, TypeVar
 
@@ -162,7 +162,34 @@ def _decode(decoder: AudioCodecContext, payload: bytes,
         return []
 
 
-class AacToOpus:
+class _Converter:
+    """What both directions share: decode a payload, follow its timeline, cut the decoded audio
+    into the encoder's frame size. Subclasses set the four parts and encode the chunks."""
+
+    _decoder: AudioCodecContext
+    _reframe: _Reframer
+    _timeline: _Timeline
+    _errors: _ErrorCount
+
+    @property
+    def errors(self) -> int:
+        """Payloads the decoder refused (dropped)."""
+        return self._errors.count
+
+    @property
+    def reanchors(self) -> int:
+        """Times the input's timestamps jumped and the output timeline started again."""
+        return self._timeline.reanchors
+
+    def _chunks(self, payload: bytes, timestamp_ms: int) -> Iterator[AudioFrame]:
+        if self._timeline.observe(timestamp_ms):
+            self._reframe.reset()
+        for frame in _decode(self._decoder, payload, self._errors):
+            self._timeline.decoded(frame.samples, frame.sample_rate)
+            yield from self._reframe(frame)
+
+
+class AacToOpus(_Converter):
     """Raw AAC frames (FLV audio tag bodies after the header) → 20 ms Opus packets, 48 kHz stereo.
 
     Synchronous and single-threaded: one instance per stream, called from its worker thread.
@@ -189,33 +216,19 @@ class AacToOpus:
         self._timeline = _Timeline()
         self._errors = _ErrorCount("AAC frame")
 
-    @property
-    def errors(self) -> int:
-        """AAC frames the decoder refused (dropped)."""
-        return self._errors.count
-
-    @property
-    def reanchors(self) -> int:
-        """Times the input's timestamps jumped and the output timeline started again."""
-        return self._timeline.reanchors
-
     def transcode(self, raw_aac: bytes, timestamp_ms: int) -> list[av.Packet[Stream]]:
         """Opus packets for one AAC frame: none while the encoder fills its first 20 ms."""
-        if self._timeline.observe(timestamp_ms):
-            self._reframe.reset()
         packets: list[av.Packet[Stream]] = []
-        for frame in _decode(self._decoder, raw_aac, self._errors):
-            self._timeline.decoded(frame.samples, frame.sample_rate)
-            for chunk in self._reframe(frame):
-                for packet in self._encoder.encode(chunk):
-                    packet.pts = packet.dts = self._timeline.take(OPUS_FRAME_SAMPLES)
-                    packet.duration = OPUS_FRAME_SAMPLES
-                    packet.time_base = OPUS_TIME_BASE
-                    packets.append(packet)
+        for chunk in self._chunks(raw_aac, timestamp_ms):
+            for packet in self._encoder.encode(chunk):
+                packet.pts = packet.dts = self._timeline.take(OPUS_FRAME_SAMPLES)
+                packet.duration = OPUS_FRAME_SAMPLES
+                packet.time_base = OPUS_TIME_BASE
+                packets.append(packet)
         return packets
 
 
-class OpusToAac:
+class OpusToAac(_Converter):
     """Opus packets (RTP payloads of a WHIP publisher) → raw AAC-LC frames, 48 kHz stereo.
 
     The encoder opens at construction, so :attr:`audio_specific_config` exists before the first
@@ -245,27 +258,14 @@ class OpusToAac:
     def audio_specific_config(self) -> bytes:
         return self._asc
 
-    @property
-    def errors(self) -> int:
-        """Opus packets the decoder refused (dropped)."""
-        return self._errors.count
-
-    @property
-    def reanchors(self) -> int:
-        return self._timeline.reanchors
-
     def transcode(self, opus_payload: bytes, timestamp_ms: int) -> list[tuple[bytes, int]]:
         """``(raw AAC frame, timestamp in ms)`` for one Opus packet; often none, as an AAC frame
         (21.3 ms) is longer than an Opus one (usually 20 ms)."""
-        if self._timeline.observe(timestamp_ms):
-            self._reframe.reset()
         frames: list[tuple[bytes, int]] = []
-        for frame in _decode(self._decoder, opus_payload, self._errors):
-            self._timeline.decoded(frame.samples, frame.sample_rate)
-            for chunk in self._reframe(frame):
-                for packet in self._encoder.encode(chunk):
-                    pts = self._timeline.take(AAC_FRAME_SAMPLES)
-                    frames.append((bytes(packet), pts * 1000 // SAMPLE_RATE))
+        for chunk in self._chunks(opus_payload, timestamp_ms):
+            for packet in self._encoder.encode(chunk):
+                pts = self._timeline.take(AAC_FRAME_SAMPLES)
+                frames.append((bytes(packet), pts * 1000 // SAMPLE_RATE))
         return frames
 
 

@@ -18,6 +18,7 @@ import asyncio
 import collections
 import fractions
 import logging
+import struct
 from collections.abc import Iterable
 from typing import Any
 
@@ -133,27 +134,32 @@ class VideoTrack(MediaStreamTrack):
         config = self._config
         if config is None or (not frame.keyframe and not self._keyed):
             return None  # a decoder starts at a keyframe
-        data = frame.encodings.get(_ENCODING)
-        if data is None:
+        # Built once per frame for every viewer: the composition offset (4 bytes, for the
+        # B-frame check) then the Annex-B access unit; b"" for a frame that carries no picture.
+        encoded = frame.encodings.get(_ENCODING)
+        if encoded is None:
             try:
                 packet = codecs.parse_video(frame.payload)
-                if not packet.is_frame:
-                    return None
-                data = codecs.to_annexb(packet.data, config, keyframe=frame.keyframe,
-                                        delimiter=False)
+                encoded = (struct.pack(">i", packet.cts) + codecs.to_annexb(
+                    packet.data, config, keyframe=frame.keyframe, delimiter=False)
+                    if packet.is_frame else b"")
             except ProtocolError as exc:
                 log.info("webrtc bad video frame stream=%s error=%s", self.sub.key, exc)
-                return None
-            frame.encodings[_ENCODING] = data
-        pts = presentation_ms(frame)
-        if pts is not None and self._last_pts is not None and pts < self._last_pts:
+                encoded = b""
+            frame.encodings[_ENCODING] = encoded
+        if not encoded:
+            return None
+        (cts,) = struct.unpack_from(">i", encoded)
+        pts = frame.timestamp + cts
+        if self._last_pts is not None and pts < self._last_pts:
             self.end_reason = "B-frames appeared"
             self.stop()
             return None
         self._last_pts = pts
         self._keyed = True
         self._advance(frame.timestamp, burst)
-        out = av.Packet(data)
+        # (PyAV takes any buffer; its stubs say bytes: a slice would copy once more)
+        out = av.Packet(memoryview(encoded)[4:])  # type: ignore[arg-type]
         out.pts = out.dts = self._out_ms * 90
         out.time_base = VIDEO_CLOCK
         self.frames_sent += 1
