@@ -96,6 +96,7 @@ class WhipSession(Session):
         self._opus: OpusToAac | None = None
         self._anchor_ms: dict[str, float] = {}
         self._last_video_ms = 0
+        self._last_audio_ms = -1
         self.late_fragments = 0
         self.frames_in = 0
         self.spawn(self._watch_publish(), "publish watch")
@@ -174,7 +175,10 @@ class WhipSession(Session):
         if self.closed:
             return
         for raw, timestamp in frames:
-            self.handle.publish_frame(Frame(FrameKind.AUDIO, timestamp, b"\xaf\x01" + raw))
+            # The converter re-anchors on input gaps; downstream decode times must not repeat.
+            stamp = max(timestamp, self._last_audio_ms + 1)
+            self._last_audio_ms = stamp
+            self.handle.publish_frame(Frame(FrameKind.AUDIO, stamp, b"\xaf\x01" + raw))
 
     async def _ask_keyframes(self, receiver: RTCRtpReceiver) -> None:
         while True:
