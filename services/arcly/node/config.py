@@ -88,6 +88,8 @@ class NodeConfig:
     hls_on_publish: bool = _HLS.on_publish
     record: str | None = None
     record_hls: bool = _RECORD.hls
+    record_max_age: float | None = _RECORD.max_age
+    record_max_bytes: int | None = _RECORD.max_bytes
     grpc_listen: Address = Address("0.0.0.0", 7000)
     advertise_address: str | None = None
     redis_url: str = _REGISTRY.url
@@ -132,6 +134,38 @@ def _positive_float_or_off(text: str) -> float | None:
     if value <= 0:
         raise argparse.ArgumentTypeError("must be positive (or 0/off to disable)")
     return value
+
+
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_SIZES = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20,
+          "mb": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30,
+          "t": 1 << 40, "tb": 1 << 40, "tib": 1 << 40}
+
+
+def _scaled(text: str, units: dict[str, int], what: str) -> float | None:
+    lowered = text.strip().lower()
+    if lowered in ("0", "off", "none", "never", ""):
+        return None
+    number = lowered.rstrip("abcdefghijklmnopqrstuvwxyz ")
+    unit = lowered[len(number):].strip()
+    if unit not in units:
+        raise argparse.ArgumentTypeError(f"{text!r}: unknown unit {unit!r} ({what})")
+    try:
+        value = float(number) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number ({what})") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be positive (or 0/off)")
+    return value
+
+
+def _duration_or_off(text: str) -> float | None:
+    return _scaled(text, _UNITS, "seconds, or with s/m/h/d/w")
+
+
+def _size_or_off(text: str) -> int | None:
+    value = _scaled(text, _SIZES, "bytes, or with K/M/G/T")
+    return None if value is None else int(value)
 
 
 def _positive_int(text: str) -> int:
@@ -255,6 +289,10 @@ _OPTIONS: list[tuple[str, object, str]] = [
     ("--record", str, "record every stream as FLV under this directory (off when unset)"),
     ("--record-hls", _bool, "also record HLS VOD next to the FLV (fMP4, or TS with "
      "--hls-variant mpegts)"),
+    ("--record-max-age", _duration_or_off,
+     "delete recordings older than this (e.g. 86400, 36h, 7d; 0/off: keep them)"),
+    ("--record-max-bytes", _size_or_off,
+     "keep all recordings under this size, deleting the oldest first (e.g. 50G; 0/off: no cap)"),
     ("--grpc-listen", _address, "origin: relay gRPC listen address HOST:PORT"),
     ("--advertise-address", str,
      "origin: HOST:PORT edges dial for the relay (default: the gRPC listen address)"),

@@ -164,7 +164,8 @@ def _observers(node: _Node, extra: Sequence[Observer], telemetry: bool) -> list[
     if config.record and node.role.takes_publishers:
         node.recorder = RecordingManager(FilesystemStorage(config.record), RecordSettings(
             hls=config.record_hls, segment_seconds=config.hls_segment_seconds,
-            fmp4=config.hls_variant is not HlsVariant.MPEGTS))
+            fmp4=config.hls_variant is not HlsVariant.MPEGTS,
+            max_age=config.record_max_age, max_bytes=config.record_max_bytes))
         observers.append(node.recorder)
     observers += node.webhooks  # on_publish_done / on_play_done
     if telemetry:
@@ -252,7 +253,8 @@ def _handlers(node: _Node, engine: Engine,
                                api_token=config.api_token,
                                metrics=None if config.metrics_listen else metrics,
                                webrtc=_webrtc(node),
-                               srt=srt.statistics if srt is not None else None))
+                               srt=srt.statistics if srt is not None else None,
+                               recordings=node.recorder))
     if config.metrics_listen is not None and metrics is not None:
         handlers.append(MetricsServer(config.metrics_listen.host, config.metrics_listen.port,
                                       http_settings, engine=engine, admission=node.admission,

@@ -51,6 +51,8 @@ class RecordSettings:
     max_pending_bytes: int = 32 * 1024 * 1024
     finalize_timeout: float = 15.0
     segment_seconds: float = EngineConfig().segment_target  # HLS VOD: the kernel's grouping
+    max_age: float | None = None    # seconds: older recordings are deleted (None: kept)
+    max_bytes: int | None = None    # all recordings together: the oldest go first (None: no cap)
 
 
 def _metadata_tag(publisher: dict[str, Any]) -> tuple[bytes, int, int]:

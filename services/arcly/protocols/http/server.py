@@ -35,6 +35,7 @@ from .router import NotAllowed, Resolved, Router
 from .settings import HttpSettings
 
 if TYPE_CHECKING:  # aiortc is imported only by nodes that serve WebRTC
+    from arcly.recording import RecordingManager
     from arcly.protocols.webrtc.service import WebRtcService
 
 log = logging.getLogger("arcly.http")
@@ -60,7 +61,8 @@ class HttpServer(ListeningHandler):
                  node: Callable[[], dict[str, Any]] = dict, api_token: str = "",
                  metrics: Callable[[], bytes] | None = None,
                  webrtc: WebRtcService | None = None,
-                 srt: Callable[[], Awaitable[list[dict[str, Any]]]] | None = None) -> None:
+                 srt: Callable[[], Awaitable[list[dict[str, Any]]]] | None = None,
+                 recordings: RecordingManager | None = None) -> None:
         self.settings = settings or HttpSettings()
         self.admission = admission or Admission()
         self.listener = Listener(self.name, host, port, self.admission, read_limit=MAX_HEAD,
@@ -73,6 +75,7 @@ class HttpServer(ListeningHandler):
         self.probes = Probes(self.listener, self.admission)
         self.metrics = MetricsRoute(metrics)
         self.webrtc = webrtc
+        self.recordings = recordings  # recording playback (origins and single nodes)
         self.pages = Pages(low_latency=hls is not None and hls.low_latency)
         self._idle: set[asyncio.StreamWriter] = set()  # kept-alive, waiting for a request
         self.router = self._routes()
