@@ -35,8 +35,8 @@ from .router import NotAllowed, Resolved, Router
 from .settings import HttpSettings
 
 if TYPE_CHECKING:  # aiortc is imported only by nodes that serve WebRTC
-    from arcly.recording import RecordingManager
     from arcly.protocols.webrtc.service import WebRtcService
+    from arcly.recording import RecordingManager
 
 log = logging.getLogger("arcly.http")
 
