@@ -3,8 +3,8 @@ default), static keys, HMAC-signed expiring tokens, HTTP webhooks — configured
 
 from arcly.engine import AllowAll
 
-from .config import AuthConfigError, PerApp, load_auth
+from .config import AuthConfigError, PerApp, build_auth, load_auth
 from .providers import SignedTokens, StaticKeys, Webhooks
 
 __all__ = ["AllowAll", "AuthConfigError", "PerApp", "SignedTokens", "StaticKeys", "Webhooks",
-           "load_auth"]
+           "build_auth", "load_auth"]

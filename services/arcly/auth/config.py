@@ -43,7 +43,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from arcly.engine import Action, AllowAll, AuthGrant, AuthProvider, AuthRequest
+from arcly.engine import (
+    Action,
+    AllowAll,
+    AuthGrant,
+    AuthProvider,
+    AuthRequest,
+    NullObserver,
+    StreamKey,
+)
 
 from .jwt import JwtTokens
 from .providers import SignedTokens, StaticKeys, Webhooks
@@ -55,8 +63,10 @@ class AuthConfigError(ValueError):
     """The auth configuration is unusable; the node refuses to start with it."""
 
 
-class PerApp:
-    """Routes each request to its app's provider (or the default one)."""
+class PerApp(NullObserver):
+    """Routes each request to its app's provider (or the default one). Also the observer that
+    tells webhook providers a session ended. ``swap`` replaces the providers in place (a config
+    reload): requests already being decided finish with the old ones."""
 
     def __init__(self, apps: Mapping[str, AuthProvider], default: AuthProvider) -> None:
         self.apps = dict(apps)
@@ -68,6 +78,13 @@ class PerApp:
     async def authorize(self, request: AuthRequest) -> AuthGrant | None:
         return await self.provider_for(request.key.app).authorize(request)
 
+    def swap(self, other: PerApp) -> list[Webhooks]:
+        """Take ``other``'s providers; returns the webhook providers no longer used (to close
+        once their notifications are sent)."""
+        before = self.webhooks
+        self.apps, self.default = dict(other.apps), other.default
+        return [hooks for hooks in before if hooks not in self.webhooks]
+
     @property
     def webhooks(self) -> list[Webhooks]:
         providers = [*self.apps.values(), self.default]
@@ -77,6 +94,16 @@ class PerApp:
     def open(self) -> bool:
         """True when nothing is protected (for the loud startup warning)."""
         return all(isinstance(p, AllowAll) for p in [*self.apps.values(), self.default])
+
+    def on_publish_end(self, key: StreamKey, protocol: str, peer: str, reason: str) -> None:
+        provider = self.provider_for(key.app)
+        if isinstance(provider, Webhooks):
+            provider.on_publish_end(key, protocol, peer, reason)
+
+    def on_play_end(self, key: StreamKey, protocol: str, peer: str, reason: str) -> None:
+        provider = self.provider_for(key.app)
+        if isinstance(provider, Webhooks):
+            provider.on_play_end(key, protocol, peer, reason)
 
 
 def _keys(section: Mapping[str, Any], name: str, where: str) -> frozenset[str]:
@@ -166,7 +193,17 @@ def load_auth(path: str | Path, *, node: str = "") -> PerApp:
         data = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise AuthConfigError(f"auth config {path}: {exc}") from exc
-    default = build_provider(data.get("default", {}), "[default]", node=node)
-    apps = {app: build_provider(section, f"[apps.{app}]", node=node)
-            for app, section in (data.get("apps") or {}).items()}
+    return build_auth(data, node=node)
+
+
+def build_auth(data: Mapping[str, Any], *, node: str = "", section: str = "") -> PerApp:
+    """Providers from an auth table (``[default]`` and ``[apps.NAME]``); ``section`` prefixes
+    the names in errors (``auth.`` inside the node's config file)."""
+    unknown = [name for name in data if name not in ("default", "apps")]
+    if unknown:
+        raise AuthConfigError(f"[{section}{unknown[0]}]: unknown section (sections: "
+                              f"[{section}default], [{section}apps.NAME])")
+    default = build_provider(data.get("default", {}), f"[{section}default]", node=node)
+    apps = {app: build_provider(table, f"[{section}apps.{app}]", node=node)
+            for app, table in (data.get("apps") or {}).items()}
     return PerApp(apps, default)

@@ -20,7 +20,7 @@ from arcly.auth import tokens
 from arcly.engine import ArclyError, ListenError, StreamKey
 
 from . import logs
-from .config import add_node_options, build_config
+from .config import add_node_options, build_config, config_source
 from .server import run_node
 
 # The flag that sets each listener's address (for the start-up error).
@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = build_config(args, parser=parsers[args.command])
     logs.configure(config.log_level, as_json=config.log_json)
     try:
-        _run(run_node(commands[args.command][0], config))
+        _run(run_node(commands[args.command][0], config, source=config_source(args)))
     except ListenError as exc:  # one line, the way a taken port should read
         flag = LISTEN_FLAGS.get(exc.protocol, "")
         logging.getLogger("arcly.node").error("cannot listen on %s (%s): %s", exc.address, flag,

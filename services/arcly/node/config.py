@@ -1,4 +1,6 @@
-"""Node configuration: one object from CLI flags and ``ARCLY_*`` env vars (flags win).
+"""Node configuration: one object from CLI flags, ``ARCLY_*`` env vars and the config file
+(``--config``, see ``configfile``): flags win over env vars, env vars over the file, the file over
+defaults.
 
 Every flag ``--some-thing`` has the env twin ``ARCLY_SOME_THING``. A default belongs to the
 component it configures (``EngineConfig``, ``RtmpSettings``, ``Limits``, ``RegistrySettings``,
@@ -10,8 +12,9 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from arcly.cluster.registry import RegistrySettings
 from arcly.cluster.relay_client import EdgeSettings
@@ -30,6 +33,8 @@ from arcly.protocols.webrtc.settings import (
     parse_port_range,
 )
 from arcly.recording import RecordSettings
+
+from .configfile import AppSettings, read_file
 
 # The components' own defaults, which NodeConfig's are taken from.
 _ENGINE = EngineConfig()
@@ -123,8 +128,23 @@ class NodeConfig:
     srt_listen: Address | None = Address("0.0.0.0", 8890)  # MediaMTX's port
     srt_passphrase: str = _SRT.passphrase
     srt_latency_ms: int = _SRT.latency_ms
+    config: str | None = None  # the config file, if any
+    # From the config file only: per-app settings and the [auth] table.
+    apps: dict[str, AppSettings] = field(default_factory=dict)
+    auth: dict[str, Any] | None = None
     # Warnings about retired flags that were given (logged at start; the node still runs).
     retired: tuple[str, ...] = ()
+
+    def app(self, app: str) -> AppSettings:
+        return self.apps.get(app) or _NO_APP_SETTINGS
+
+    def records(self, app: str) -> bool:
+        """Whether ``app``'s streams are recorded (``--record`` and the app's ``record``)."""
+        chosen = self.app(app).record
+        return bool(self.record) and (chosen is None or chosen)
+
+
+_NO_APP_SETTINGS = AppSettings()
 
 
 def _positive_float_or_off(text: str) -> float | None:
@@ -265,6 +285,9 @@ def _bool(text: str) -> bool:
 
 # (flag, type, help) — the env var is ARCLY_ + the flag upper-cased with dashes as underscores.
 _OPTIONS: list[tuple[str, object, str]] = [
+    ("--config", str,
+     "TOML file with any of these settings (keys are the flags without dashes), per-app "
+     "settings and auth; reloaded on SIGHUP and when it changes (see README 'Configuration')"),
     ("--rtmp-listen", _address, "RTMP listen address HOST:PORT (port 0 picks a free port)"),
     ("--http-listen", _address, "HTTP listen address HOST:PORT (HTTP-FLV, health)"),
     ("--idle-timeout", _positive_float_or_off,
@@ -387,40 +410,84 @@ def _add_retired(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
-def build_config(args: argparse.Namespace, env: Mapping[str, str] | None = None,
-                 parser: argparse.ArgumentParser | None = None) -> NodeConfig:
-    """Flags first, then ``ARCLY_*`` env vars, then defaults."""
-    env = os.environ if env is None else env
-    values: dict[str, object] = {}
-    given = vars(args)
-    for flag, kind, _ in _OPTIONS:
-        attr = flag.lstrip("-").replace("-", "_")
-        if attr in given:
-            values[attr] = given[attr]
-        elif env_name(flag) in env:
-            raw = env[env_name(flag)]
-            try:
-                values[attr] = kind(raw)  # type: ignore[operator]
-            except (ValueError, argparse.ArgumentTypeError) as exc:
-                message = f"{env_name(flag)}={raw!r}: {exc}"
-                if parser is not None:
-                    parser.error(message)
-                raise ValueError(message) from None
-    retired = tuple(
-        f"{flag} / {env_name(flag)} is ignored: {why}" for flag, why in _RETIRED.items()
-        if flag.lstrip("-").replace("-", "_") in given or env_name(flag) in env)
-    config = NodeConfig(**values, retired=retired)  # type: ignore[arg-type]
+@dataclass(frozen=True, slots=True)
+class ConfigSource:
+    """Where a ``NodeConfig`` comes from: the flags given and the env (as at start) and the
+    config file they name — kept, so a reload reads the file again with the same precedence."""
+
+    given: dict[str, object]
+    env: dict[str, str]
+
+    @property
+    def path(self) -> str | None:
+        path = self.given.get("config", self.env.get(env_name("--config")))
+        return str(path) if path else None
+
+    def build(self) -> NodeConfig:
+        """Flags first, then ``ARCLY_*`` env vars, then the file, then defaults. Raises
+        ``ValueError`` (``ConfigFileError`` for the file) when something is wrong."""
+        path = self.path
+        from_file = read_file(path, _PARSERS) if path else None
+        values: dict[str, object] = {}
+        for flag, kind, _ in _OPTIONS:
+            attr = flag.lstrip("-").replace("-", "_")
+            if attr in self.given:
+                values[attr] = self.given[attr]
+            elif env_name(flag) in self.env:
+                raw = self.env[env_name(flag)]
+                try:
+                    values[attr] = kind(raw)  # type: ignore[operator]
+                except (ValueError, argparse.ArgumentTypeError) as exc:
+                    raise ValueError(f"{env_name(flag)}={raw!r}: {exc}") from None
+            elif from_file is not None and attr in from_file.values:
+                values[attr] = from_file.values[attr]
+        retired = tuple(
+            f"{flag} / {env_name(flag)} is ignored: {why}" for flag, why in _RETIRED.items()
+            if flag.lstrip("-").replace("-", "_") in self.given or env_name(flag) in self.env)
+        if from_file is not None:
+            values.update(apps=from_file.apps, auth=from_file.auth)
+        config = NodeConfig(**values, retired=retired)  # type: ignore[arg-type]
+        _check(config)
+        return config
+
+
+def _check(config: NodeConfig) -> None:
     message = ""
     if config.log_level not in LOG_LEVELS:
         message = f"log level {config.log_level!r} is not one of {', '.join(LOG_LEVELS)}"
     elif config.hls_part_ms > config.hls_segment_seconds * 1000:
         message = (f"--hls-part-ms {config.hls_part_ms:g} is longer than the segment target "
                    f"(--hls-segment-seconds {config.hls_segment_seconds:g})")
+    elif config.auth is not None and config.auth_config:
+        message = "auth is given twice: in the config file's [auth] and as --auth-config"
+    else:
+        recorded = [app for app, settings in config.apps.items() if settings.record]
+        if recorded and not config.record:
+            message = (f"[apps.{recorded[0]}] record = true needs the recordings directory "
+                       "(--record, or 'record' in the config file)")
     if message:
-        if parser is not None:
-            parser.error(message)
         raise ValueError(message)
-    return config
+
+
+_PARSERS: dict[str, Callable[[str], object]] = {
+    flag.lstrip("-").replace("-", "_"): kind  # type: ignore[misc]
+    for flag, kind, _ in _OPTIONS if flag != "--config"}
+
+
+def build_config(args: argparse.Namespace, env: Mapping[str, str] | None = None,
+                 parser: argparse.ArgumentParser | None = None) -> NodeConfig:
+    """Flags first, then ``ARCLY_*`` env vars, then the config file, then defaults."""
+    try:
+        return config_source(args, env).build()
+    except ValueError as exc:
+        if parser is not None:
+            parser.error(str(exc))
+        raise
+
+
+def config_source(args: argparse.Namespace, env: Mapping[str, str] | None = None
+                  ) -> ConfigSource:
+    return ConfigSource(dict(vars(args)), dict(os.environ if env is None else env))
 
 
 def load_config(argv: Sequence[str] = (), env: Mapping[str, str] | None = None) -> NodeConfig:

@@ -19,6 +19,7 @@ new publishers and viewers are refused, existing sessions continue until they en
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
-from arcly.auth import PerApp, Webhooks, load_auth
+from arcly.auth import PerApp, Webhooks
 from arcly.cluster.model import NodeLoad, NodeRole, NodeState
 from arcly.cluster.node_registry import NodeRegistry
 from arcly.cluster.registry import RegistrySettings
@@ -43,6 +44,7 @@ from arcly.engine import (
     EngineConfig,
     KeyOwnership,
     ListenError,
+    NullObserver,
     Observer,
     ProtocolHandler,
     ShutdownToken,
@@ -58,7 +60,9 @@ from arcly.protocols.srt.settings import SrtSettings
 from arcly.protocols.webrtc.settings import WebRtcSettings
 from arcly.recording import FilesystemStorage, RecordingManager, RecordSettings
 
-from .config import NodeConfig
+from . import logs
+from .config import ConfigSource, NodeConfig
+from .reload import Reloader, auth_for
 
 if TYPE_CHECKING:
     from arcly.protocols.srt.server import SrtServer
@@ -68,8 +72,10 @@ log = logging.getLogger("arcly.node")
 ROLES = tuple(role.value for role in NodeRole)
 
 
-def engine_config(config: NodeConfig) -> EngineConfig:
-    return EngineConfig(
+def engine_config(config: NodeConfig, base: EngineConfig | None = None) -> EngineConfig:
+    """The kernel's settings from ``config`` (over ``base``'s other fields)."""
+    return dataclasses.replace(
+        base or EngineConfig(),
         idle_timeout=config.idle_timeout,
         gop_max_bytes=config.gop_max_bytes,
         viewer_backlog_bytes=config.viewer_backlog_bytes,
@@ -77,6 +83,21 @@ def engine_config(config: NodeConfig) -> EngineConfig:
         part_target=config.hls_part_ms / 1000,
         upstream_linger=config.edge_linger,
     )
+
+
+def limits(config: NodeConfig, base: Limits | None = None) -> Limits:
+    return dataclasses.replace(
+        base or Limits(), max_connections=config.max_connections,
+        max_connections_per_ip=config.max_connections_per_ip,
+        max_publishers=config.max_publishers,
+        max_viewers_per_stream=config.max_viewers_per_stream)
+
+
+def hls_settings(config: NodeConfig, base: HlsSettings | None = None) -> HlsSettings:
+    return dataclasses.replace(
+        base or HlsSettings(), segment_seconds=config.hls_segment_seconds,
+        part_seconds=config.hls_part_ms / 1000, window=config.hls_window,
+        on_publish=config.hls_on_publish, variant=config.hls_variant)
 
 
 def build_engine(config: NodeConfig, observer: Observer | None = None,
@@ -128,10 +149,19 @@ class _Node:
     registry: NodeRegistry | None = None
     upstream: RelayUpstream | None = None
     relay: RelaySettings | None = None
-    webhooks: list[Webhooks] = field(default_factory=list)
+    per_app: PerApp | None = None  # the auth providers from the config (None: given by code)
+    retired_hooks: list[Webhooks] = field(default_factory=list)  # replaced by reloads
     hls: HlsService | None = None
     recorder: RecordingManager | None = None
     telemetry: otel.OtelObserver | None = None
+    reloader: Reloader | None = None
+
+    def document(self) -> dict[str, Any]:
+        """The node's identity and running config, for ``GET /api/v1/node``."""
+        found: dict[str, Any] = dict(self.identity)
+        if self.reloader is not None:
+            found["config"] = self.reloader.summary()
+        return found
 
 
 def _cluster(node: _Node) -> None:
@@ -155,19 +185,16 @@ def _observers(node: _Node, extra: Sequence[Observer], telemetry: bool) -> list[
     config = node.config
     observers: list[Observer] = [LoggingObserver()]
     if config.hls:
-        node.hls = HlsService(HlsSettings(segment_seconds=config.hls_segment_seconds,
-                                          part_seconds=config.hls_part_ms / 1000,
-                                          window=config.hls_window,
-                                          on_publish=config.hls_on_publish,
-                                          variant=config.hls_variant))
+        node.hls = HlsService(hls_settings(config))
         observers.append(node.hls)
     if config.record and node.role.takes_publishers:
         node.recorder = RecordingManager(FilesystemStorage(config.record), RecordSettings(
             hls=config.record_hls, segment_seconds=config.hls_segment_seconds,
             fmp4=config.hls_variant is not HlsVariant.MPEGTS,
             max_age=config.record_max_age, max_bytes=config.record_max_bytes))
-        observers.append(node.recorder)
-    observers += node.webhooks  # on_publish_done / on_play_done
+        observers.append(_PerAppRecording(node))
+    if node.per_app is not None:
+        observers.append(node.per_app)  # webhooks' on_publish_done / on_play_done
     if telemetry:
         node.telemetry = _telemetry_observer(node)
         observers.append(node.telemetry)
@@ -230,6 +257,41 @@ def _webrtc(node: _Node) -> WebRtcService | None:
         keyframe_interval=config.hls_segment_seconds), node.admission)
 
 
+class _PerAppRecording(NullObserver):
+    """Starts the recorder for a publish when the app records (``[apps.NAME] record``, read
+    from the running config at each publish, so a reload turns it on or off)."""
+
+    def __init__(self, node: _Node) -> None:
+        self.node = node
+
+    def on_publish_start(self, key: StreamKey, protocol: str, peer: str) -> None:
+        recorder = self.node.recorder
+        if recorder is not None and self.node.config.records(key.app):
+            recorder.on_publish_start(key, protocol, peer)
+
+
+async def _reconfigure(node: _Node, engine: Engine, old: NodeConfig, new: NodeConfig,
+                       auth: PerApp | None) -> None:
+    """Apply a reloaded config (``Reloader`` has checked it and kept what needs a restart)."""
+    node.config = new
+    if (old.log_level, old.log_json) != (new.log_level, new.log_json):
+        logs.configure(new.log_level, as_json=new.log_json)
+    node.admission.limits = limits(new, node.admission.limits)
+    engine.config = engine_config(new, engine.config)  # streams published from now on
+    if node.hls is not None:
+        node.hls.settings = hls_settings(new, node.hls.settings)
+    if node.recorder is not None:
+        node.recorder.settings = dataclasses.replace(
+            node.recorder.settings, max_age=new.record_max_age, max_bytes=new.record_max_bytes)
+    if node.per_app is None:
+        if auth is not None:
+            log.warning("config: auth is set by the embedding code; the file's auth is ignored")
+        return
+    node.retired_hooks += node.per_app.swap(auth or PerApp({}, AllowAll()))
+    if node.per_app.open:
+        _warn_if_open(new, node.per_app)
+
+
 def _handlers(node: _Node, engine: Engine,
               metrics: Callable[[], bytes] | None) -> list[ProtocolHandler]:
     """RTMP, HLS, the recorder, HTTP and (origins) the relay: what the node serves."""
@@ -249,7 +311,7 @@ def _handlers(node: _Node, engine: Engine,
         handlers.append(srt)
     handlers.append(HttpServer(config.http_listen.host, config.http_listen.port,
                                http_settings, engine=engine, hls=node.hls,
-                               admission=node.admission, node=lambda: dict(node.identity),
+                               admission=node.admission, node=node.document,
                                api_token=config.api_token,
                                metrics=None if config.metrics_listen else metrics,
                                webrtc=_webrtc(node),
@@ -276,26 +338,22 @@ def _handlers(node: _Node, engine: Engine,
 async def run_node(role: str | NodeRole, config: NodeConfig,
                    shutdown: ShutdownToken | None = None, *,
                    observers: Sequence[Observer] = (), auth: AuthProvider | None = None,
-                   telemetry: bool | None = None) -> None:
+                   telemetry: bool | None = None, source: ConfigSource | None = None) -> None:
     """Run one node of ``role`` until a signal (or ``shutdown``) stops it.
 
     ``observers`` are told about stream life after the node's own; ``auth`` replaces the
     ``--auth-config`` providers. ``telemetry``: None installs the OpenTelemetry SDK as the
     ``OTEL_*`` environment and ``--metrics`` say; True attaches the OpenTelemetry observer to
-    whatever providers are installed (tests)."""
+    whatever providers are installed (tests). ``source``: where ``config`` came from (flags,
+    env, file), so SIGHUP and file changes reload it."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}")
     node = _Node(NodeRole(role), config, {"id": node_id(config), "role": NodeRole(role).value},
-                 Admission(Limits(max_connections=config.max_connections,
-                                  max_connections_per_ip=config.max_connections_per_ip,
-                                  max_publishers=config.max_publishers,
-                                  max_viewers_per_stream=config.max_viewers_per_stream),
-                           allow_publish=NodeRole(role).takes_publishers))
+                 Admission(limits(config), allow_publish=NodeRole(role).takes_publishers))
     token = shutdown or ShutdownToken()
-    if auth is None and config.auth_config:
-        per_app = load_auth(config.auth_config, node=node.identity["id"])
-        node.webhooks = per_app.webhooks
-        auth = per_app
+    if auth is None:  # from the config (allow-all when it names none), swapped by reloads
+        node.per_app = auth_for(config, node=node.identity["id"]) or PerApp({}, AllowAll())
+        auth = node.per_app
     if node.role.clustered:
         _cluster(node)
     installed = sdk.configure(f"arcly-{node.role}", {
@@ -318,8 +376,11 @@ async def run_node(role: str | NodeRole, config: NodeConfig,
         otel.StreamMetrics(engine, refused=node.admission.refusals,
                            hls_viewers=hls.viewers if hls is not None else None,
                            hls_sent=(lambda: hls.bytes_sent) if hls is not None else None)
+    node.reloader = Reloader(source, config, lambda old, new, per_app: _reconfigure(
+        node, engine, old, new, per_app), node=node.identity["id"])
     handlers = _handlers(node, engine, installed.prometheus_text
                          if installed is not None and installed.prometheus is not None else None)
+    handlers.append(node.reloader)
     _warn_if_open(config, auth)
     reaper: asyncio.Task[None] | None = None
     registry_task: asyncio.Task[None] | None = None
@@ -340,7 +401,7 @@ async def run_node(role: str | NodeRole, config: NodeConfig,
         await asyncio.gather(*pending, return_exceptions=True)
         if node.upstream is not None:
             await node.upstream.close()
-        for hooks in node.webhooks:
+        for hooks in [*(node.per_app.webhooks if node.per_app else []), *node.retired_hooks]:
             await hooks.close()
         if installed is not None:
             installed.shutdown()
