@@ -102,3 +102,18 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def slate_flv(ffmpeg: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 3 s slate (colour bars and a tone) shaped like the test source, as users make one."""
+    out = tmp_path_factory.mktemp("media") / "slate.flv"
+    subprocess.run(
+        [ffmpeg, "-hide_banner", "-loglevel", "error", "-y",
+         "-f", "lavfi", "-i", f"smptebars=size={WIDTH}x{HEIGHT}:rate={FPS}",
+         "-f", "lavfi", "-i", "sine=frequency=880:sample_rate=44100", "-t", "3",
+         "-c:v", "libx264", "-preset", "veryfast", "-g", str(FPS), "-keyint_min", str(FPS),
+         "-sc_threshold", "0", "-bf", "0", "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "96k",
+         "-f", "flv", str(out)],
+        check=True, timeout=120)
+    return out

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+import re
 import shutil
 import subprocess
+import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -107,3 +111,106 @@ def test_low_latency_hls_plays_in_hls_js_near_the_live_edge(
     finally:
         page.close()
         publisher.stop()
+
+
+class FlvCapture:
+    """An HTTP-FLV viewer in a thread writing the raw response to a file (what a player
+    receives, byte for byte); notes whether and when the node closed it."""
+
+    def __init__(self, url: str, out: Path) -> None:
+        self.url = url
+        self.out = out
+        self.closed_early = False
+        self.error = ""
+        self.stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            with urllib.request.urlopen(self.url, timeout=20) as resp, self.out.open("wb") as out:
+                while not self.stop.is_set():
+                    data = resp.read1(65536)
+                    if not data:
+                        self.closed_early = True
+                        return
+                    out.write(data)
+        except OSError as exc:
+            self.error = repr(exc)
+
+    def finish(self) -> None:
+        self.stop.set()
+        self._thread.join(20)
+
+
+def test_fallback_keeps_flv_and_hls_js_viewers_playing_while_the_publisher_is_away(
+        browser, node_factory: Callable[..., Node], ffmpeg: str,  # type: ignore[no-untyped-def]
+        ffprobe: str, source_flv: Path, slate_flv: Path, tmp_path: Path) -> None:
+    config = tmp_path / "arcly.toml"
+    config.write_text(f'[apps.live]\nfallback = "{slate_flv}"\n')
+    node = node_factory("--config", str(config))
+    url = f"rtmp://127.0.0.1:{node.rtmp}/live/always"
+    publisher = FfmpegPublisher(ffmpeg, source_flv, url)
+    page = browser.new_page()
+    capture = FlvCapture(f"http://127.0.0.1:{node.http}/live/always.flv", tmp_path / "cap.flv")
+    playlist_url = f"http://127.0.0.1:{node.http}/live/always/index.m3u8"
+    try:
+        node.wait_for_stream("live/always", frames=8, timeout=20)
+        page.goto(f"http://127.0.0.1:{node.http}/play/live/always")
+        page.wait_for_function("document.getElementById('video').currentTime > 2",
+                               timeout=45_000)
+
+        def played() -> float:
+            return float(page.evaluate("document.getElementById('video').currentTime"))
+
+        samples = [played()]
+        publisher.stop()  # away for 10 s: the slate plays
+        node.wait_for_log(r"fallback start stream=live/always source=file:slate.flv")
+        for _ in range(10):
+            time.sleep(1.0)
+            samples.append(played())
+        with urllib.request.urlopen(playlist_url, timeout=10) as resp:
+            during = resp.read().decode()
+        publisher = FfmpegPublisher(ffmpeg, source_flv, url)
+        node.wait_for_log(r"fallback end stream=live/always reason='publisher back'")
+        for _ in range(8):
+            time.sleep(1.0)
+            samples.append(played())
+        with urllib.request.urlopen(playlist_url, timeout=10) as resp:
+            after = resp.read().decode()
+        steps = [b - a for a, b in itertools.pairwise(samples)]
+        print(f"\nhls.js currentTime each second across both switches: "
+              f"{', '.join(f'{s:.1f}' for s in samples)}")
+        assert all(step > 0.3 for step in steps), f"hls.js stalled: {steps}"
+        assert page.evaluate("document.getElementById('status').textContent") == "playing"
+        assert "#EXT-X-DISCONTINUITY" in during and "#EXT-X-DISCONTINUITY" in after
+        capture.finish()
+        assert not capture.closed_early and not capture.error, capture.error
+        decode = subprocess.run(
+            [ffmpeg, "-hide_banner", "-v", "error", "-i", str(capture.out), "-f", "null", "-"],
+            capture_output=True, text=True, timeout=120)
+        assert decode.returncode == 0 and decode.stderr.strip() == "", decode.stderr
+        probe = subprocess.run(
+            [ffmpeg, "-hide_banner", "-i", str(capture.out), "-map", "0:v", "-f", "null", "-"],
+            capture_output=True, text=True, timeout=120)
+        seconds = max(_hms(t) for t in re.findall(r"time=(\d+:\d+:[\d.]+)", probe.stderr))
+        print(f"FLV capture: {seconds:.1f} s of video decoded without errors")
+        assert seconds >= 18, "the capture covers the publish, the slate and the return"
+        packets = subprocess.run(
+            [ffprobe, "-v", "error", "-select_streams", "v", "-show_entries", "packet=dts_time",
+             "-of", "csv=p=0", str(capture.out)], capture_output=True, text=True, timeout=60,
+            check=True).stdout.split()
+        times = [float(t.strip(",")) for t in packets if t.strip(",")]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        print(f"FLV capture: {len(times)} video packets, largest step {max(gaps) * 1000:.0f} ms")
+        assert min(gaps) > 0 and max(gaps) < 0.2, "timestamps go on across both switches"
+        assert "publish start stream=live/always" in node.log_text()
+    finally:
+        capture.finish()
+        page.close()
+        publisher.stop()
+
+
+def _hms(text: str) -> float:
+    hours, minutes, seconds = text.split(":")
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)

@@ -6,7 +6,7 @@ Redis, gRPC, OpenTelemetry and uvloop live in adapters around this package.
 """
 
 from .config import EngineConfig
-from .engine import Engine
+from .engine import FALLBACK, Engine
 from .errors import (
     ArclyError,
     AuthError,
@@ -34,6 +34,7 @@ from .extension import (
     StorageWriter,
     Upstream,
 )
+from .fallback import FallbackProvider, Splicer
 from .frame import Frame, FrameKind
 from .gop import GopCache
 from .key import StreamKey
@@ -43,6 +44,7 @@ from .stream import RELAYED, PublishHandle, Stream, Subscription
 from .timeline import SegmentMark, Timeline, TimelineState
 
 __all__ = [
+    "FALLBACK",
     "RELAYED",
     "Action",
     "AllowAll",
@@ -54,6 +56,7 @@ __all__ = [
     "CloseReason",
     "Engine",
     "EngineConfig",
+    "FallbackProvider",
     "Frame",
     "FrameKind",
     "GopCache",
@@ -71,6 +74,7 @@ __all__ = [
     "PublishRegistry",
     "SegmentMark",
     "ShutdownToken",
+    "Splicer",
     "Storage",
     "StorageWriter",
     "Stream",

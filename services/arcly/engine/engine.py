@@ -24,11 +24,19 @@ from .extension import (
     ProtocolHandler,
     Upstream,
 )
+from .fallback import FallbackProvider
+from .frame import Frame
 from .key import StreamKey
 from .reasons import CloseReason
 from .shutdown import ShutdownToken, signals_handled
 from .stream import RELAYED, Clock, PublishHandle, Stream, Subscription
 from .timeline import Timeline, TimelineState
+
+# Publishes that end for these reasons end their stream even when its app has a fallback: the
+# node is stopping, or the key is (or will be) another node's.
+_FINAL = frozenset({CloseReason.SHUTDOWN, CloseReason.OWNERSHIP_LOST, CloseReason.SESSION_LOST,
+                    CloseReason.RELEASED})
+FALLBACK = "fallback"  # the protocol of a stream while a fallback feeds it
 
 # Timelines of keys that stopped publishing are kept (so a republish continues the segment
 # numbering) for this many keys, least recently published dropped first.
@@ -55,7 +63,8 @@ class Engine:
 
     def __init__(self, config: EngineConfig | None = None, *, observer: Observer | None = None,
                  auth: AuthProvider | None = None, ownership: KeyOwnership | None = None,
-                 upstream: Upstream | None = None, clock: Clock = time.monotonic) -> None:
+                 upstream: Upstream | None = None, fallback: FallbackProvider | None = None,
+                 clock: Clock = time.monotonic) -> None:
         self.config = config or EngineConfig()
         self.observer: Observer = observer or NullObserver()
         self.auth: AuthProvider = auth or AllowAll()
@@ -68,6 +77,8 @@ class Engine:
         self._pulling: dict[StreamKey, asyncio.Future[Stream | None]] = {}
         self._pulls: set[asyncio.Task[None]] = set()
         self._pull_root = ShutdownToken()
+        self.fallback = fallback
+        self._fallbacks: dict[StreamKey, asyncio.Task[None]] = {}  # keys a fallback feeds
 
     # -- publish registry -------------------------------------------------------------------
 
@@ -79,6 +90,8 @@ class Engine:
         """Claim ``key`` and open its stream. Raises ``StreamBusy`` if it is taken (a publisher
         silent for ``config.stale_publisher`` seconds is replaced instead)."""
         current = self._streams.get(key)
+        if current is not None and key in self._fallbacks:
+            return self._adopt(current, protocol, peer)
         stale = self.config.stale_publisher
         if current is not None and not current.relayed and stale is not None and \
                 self.clock() - current.last_frame_at >= stale:
@@ -98,12 +111,7 @@ class Engine:
             if refused is not None:
                 refused(key, protocol, peer, str(exc))
             raise
-        stream = Stream(key, protocol=protocol, peer=peer, token=token, config=self.config,
-                        observer=self.observer, clock=self.clock,
-                        timeline=Timeline(self._timeline_state(key), session=token,
-                                          target_ms=int(self.config.segment_target * 1000),
-                                          part_ms=round(self.config.part_target * 1000)))
-        self._streams[key] = stream
+        stream = self._new_stream(key, protocol, peer, token)
         self.observer.on_publish_start(key, protocol, peer)
         return PublishHandle(stream)
 
@@ -115,9 +123,17 @@ class Engine:
         stream = self._streams.get(key)
         if stream is None or (token is not None and stream.token != token):
             return False
+        feeding = self._fallbacks.pop(key, None)
+        if feeding is None and self._fall_back(stream, reason):
+            return True
+        if feeding is not None and feeding is not asyncio.current_task():
+            feeding.cancel()
         del self._streams[key]
         stream.end(reason)
-        self.observer.on_publish_end(key, stream.protocol, stream.peer, reason)
+        if feeding is None:  # the publisher's end was told when the fallback took over
+            self.observer.on_publish_end(key, stream.protocol, stream.peer, reason)
+        else:
+            log.info("fallback end stream=%s reason=%r", key, reason)
         try:
             await self.ownership.release(key, stream.token)
         except ArclyError as exc:
@@ -125,20 +141,27 @@ class Engine:
         return True
 
     async def subscribe(self, key: StreamKey, *, protocol: str = "", peer: str = "",
-                        viewer: bool = True) -> Subscription:
+                        viewer: bool = True, follows_fallback: bool = True) -> Subscription:
         """Join ``key``'s stream. The first batch holds configuration + the cached GOP.
         ``viewer``: a person watching (counted as a viewer), not a segmenter, recorder or
         relay.
 
         On a node with an ``Upstream`` (an edge), a key it does not have is opened upstream
         once, shared by every local subscriber, and closed ``upstream_linger`` seconds after
-        the last one left."""
+        the last one left.
+
+        A key nobody publishes whose app has an on-demand fallback starts that fallback (on
+        the node that takes publishers). ``follows_fallback``: False ends the subscription
+        when a fallback replaces the publisher (a recorder)."""
         stream = self._streams.get(key)
         if stream is None and self.upstream is not None:
             stream = await self._pull(key)
+        elif stream is None and self.fallback is not None:
+            stream = await self._on_demand(key)
         if stream is None:
             raise StreamNotFound(f"{key} is not being published")
-        sub = Subscription(stream, protocol=protocol, peer=peer, viewer=viewer)
+        sub = Subscription(stream, protocol=protocol, peer=peer, viewer=viewer,
+                           follows_fallback=follows_fallback)
         stream.add_subscriber(sub)
         self.observer.on_play_start(key, protocol, peer)
         return sub
@@ -204,6 +227,125 @@ class Engine:
                 token.cancel()
                 return
 
+    # -- fallbacks (see ``fallback``) -----------------------------------------------------
+
+    def _fall_back(self, stream: Stream, reason: str) -> bool:
+        """When the publisher of ``stream`` goes and its app has a fallback: keep the stream
+        (and its subscribers, and its key's claim) and feed it from the fallback."""
+        if self.fallback is None or reason in _FINAL or stream.relayed:
+            return False
+        source = self.fallback.fallback_for(stream.key, on_demand=False)
+        if source is None:
+            return False
+        key = stream.key
+        stream.session.cancel()  # the publisher's handle is over
+        self.observer.on_publish_end(key, stream.protocol, stream.peer, reason)
+        stream.keep_fallback_viewers(reason)
+        log.info("fallback start stream=%s source=%s after=%r", key, _describe(source), reason)
+        self._feed(stream, source)
+        return True
+
+    async def _on_demand(self, key: StreamKey) -> Stream | None:
+        """Open ``key`` on its on-demand fallback (one stream, however many ask at once)."""
+        assert self.fallback is not None
+        pending = self._pulling.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        if key in self._claiming:  # a publisher is claiming it right now
+            return None
+        source = self.fallback.fallback_for(key, on_demand=True)
+        if source is None:
+            return None
+        future: asyncio.Future[Stream | None] = asyncio.get_running_loop().create_future()
+        self._pulling[key] = future
+        try:
+            stream = None
+            self._claiming.add(key)
+            try:
+                token = await self.ownership.claim(key)
+            except ArclyError as exc:
+                log.info("no on-demand fallback stream=%s error=%s", key, exc)
+            else:
+                stream = self._new_stream(key, FALLBACK, _describe(source), token)
+                log.info("fallback start stream=%s source=%s on_demand=true", key,
+                         _describe(source))
+                self._feed(stream, source)
+            finally:
+                self._claiming.discard(key)
+            future.set_result(stream)
+            return stream
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()
+            raise
+        finally:
+            del self._pulling[key]
+            if key not in self._fallbacks:
+                await _close(source)
+
+    def _feed(self, stream: Stream, source: MediaSource) -> None:
+        stream.protocol, stream.peer = FALLBACK, _describe(source)
+        stream.session = ShutdownToken()
+        stream.splice(fallback=True)
+        task = asyncio.get_running_loop().create_task(self._pump_fallback(stream, source),
+                                                      name=f"fallback-{stream.key}")
+        self._fallbacks[stream.key] = task
+
+    def _adopt(self, stream: Stream, protocol: str, peer: str) -> PublishHandle:
+        """A publisher takes ``stream`` back from its fallback; viewers switch at its first
+        keyframe, when the observers hear of the publish."""
+        key = stream.key
+        self._fallbacks.pop(key).cancel()
+        stream.protocol, stream.peer = protocol, peer
+        stream.session = ShutdownToken()
+        log.info("fallback end stream=%s reason='publisher back' peer=%s", key, peer)
+        stream.splice(fallback=False,
+                      on_start=lambda: self.observer.on_publish_start(key, protocol, peer))
+        return PublishHandle(stream)
+
+    async def _pump_fallback(self, stream: Stream, source: MediaSource) -> None:
+        """Feed ``stream`` from ``source`` until a publisher adopts it (cancelled), the source
+        ends, or nobody has watched for ``upstream_linger`` seconds."""
+        reason = "fallback ended"
+        idle_since: float | None = None
+        next_frame: asyncio.Future[Frame | None] | None = None
+        try:
+            while not stream.ended.cancelled:
+                if next_frame is None:
+                    next_frame = asyncio.ensure_future(source.next_frame())
+                await asyncio.wait({next_frame}, timeout=0.5)
+                if next_frame.done():
+                    frame = next_frame.result()
+                    next_frame = None
+                    if frame is None:
+                        break
+                    stream.publish(frame)
+                if stream.subscribers:
+                    idle_since = None
+                elif idle_since is None:
+                    idle_since = self.clock()
+                elif self.clock() - idle_since >= self.config.upstream_linger:
+                    reason = "fallback without viewers"
+                    break
+        except Exception as exc:
+            log.warning("fallback source failed stream=%s error=%r", stream.key, exc)
+            reason = "fallback failed"
+        finally:
+            if next_frame is not None:
+                next_frame.cancel()
+            await _close(source)
+        if self._fallbacks.get(stream.key) is asyncio.current_task():
+            await self.end_publish(stream.key, reason)
+
+    def _new_stream(self, key: StreamKey, protocol: str, peer: str, token: int) -> Stream:
+        stream = Stream(key, protocol=protocol, peer=peer, token=token, config=self.config,
+                        observer=self.observer, clock=self.clock,
+                        timeline=Timeline(self._timeline_state(key), session=token,
+                                          target_ms=int(self.config.segment_target * 1000),
+                                          part_ms=round(self.config.part_target * 1000)))
+        self._streams[key] = stream
+        return stream
+
     def _timeline_state(self, key: StreamKey) -> TimelineState:
         state = self._timelines.pop(key, None) or TimelineState()
         self._timelines[key] = state
@@ -260,7 +402,10 @@ class Engine:
         finally:
             shutdown.cancel()
             self._pull_root.cancel()
-            await asyncio.gather(*tasks, *self._pulls, return_exceptions=True)
+            feeding = list(self._fallbacks.values())
+            for task in feeding:
+                task.cancel()
+            await asyncio.gather(*tasks, *self._pulls, *feeding, return_exceptions=True)
             for key in list(self._streams):
                 await self.end_publish(key, CloseReason.SHUTDOWN)
         if errors:
@@ -365,3 +510,16 @@ class Engine:
                     log.info("idle reaper swept reaped=%d", reaped)
 
         return asyncio.create_task(reaper(), name="arcly-idle-reaper")
+
+
+def _describe(source: MediaSource) -> str:
+    return str(getattr(source, "description", type(source).__name__))
+
+
+async def _close(source: MediaSource) -> None:
+    close = getattr(source, "aclose", None)
+    if close is not None:
+        try:
+            await close()
+        except Exception:
+            log.exception("media source close failed source=%s", _describe(source))

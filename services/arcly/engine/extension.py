@@ -57,7 +57,8 @@ class PublishRegistry(Protocol):
     async def end_publish(self, key: StreamKey, reason: str = "ended") -> bool: ...
 
     async def subscribe(self, key: StreamKey, *, protocol: str = "", peer: str = "",
-                        viewer: bool = True) -> Subscription: ...
+                        viewer: bool = True, follows_fallback: bool = True
+                        ) -> Subscription: ...
 
 
 @runtime_checkable

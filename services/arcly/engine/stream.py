@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .config import EngineConfig
+from .fallback import Splicer
 from .frame import Frame, FrameKind
 from .gop import GopCache
 from .key import StreamKey
@@ -110,6 +111,8 @@ class Stream:
         "observer",
         "peer",
         "protocol",
+        "session",
+        "splicer",
         "started_at",
         "subscribers",
         "timeline",
@@ -140,7 +143,10 @@ class Stream:
         self.bytes_in = 0
         self.frames_out = 0  # handed to subscribers (summed per batch, not per frame)
         self.bytes_out = 0
-        self.ended = ShutdownToken()
+        self.ended = ShutdownToken()  # the stream is over (every subscriber is finished)
+        # The current publish session; a stream with a fallback outlives its publishers.
+        self.session = ShutdownToken()
+        self.splicer: Splicer | None = None  # set at the first change of source
         self.end_reason = ""
 
     @property
@@ -149,6 +155,40 @@ class Stream:
         return self.protocol == RELAYED
 
     def publish(self, frame: Frame) -> None:
+        splicer = self.splicer
+        if splicer is None:
+            self._fan_out(frame)
+            return
+        for part in splicer.fit(frame):
+            self._fan_out(part)
+
+    def splice(self, *, fallback: bool, on_start: Callable[[], None] | None = None) -> None:
+        """A new source (a fallback, or a publisher back from one) feeds this stream from its
+        next keyframe on (see ``fallback.Splicer``). ``on_start`` runs when its first frame
+        goes out."""
+        timeline = self.timeline
+
+        def cut() -> None:
+            timeline.discontinue()
+            nonlocal on_start
+            if on_start is not None:
+                started, on_start = on_start, None
+                started()
+
+        if self.splicer is None:
+            self.splicer = Splicer(cut, last_sent=timeline.last_timestamp)
+        else:
+            self.splicer.retarget(cut)
+        self.splicer.cut(rebase_jumps=fallback)
+
+    def keep_fallback_viewers(self, reason: str) -> None:
+        """The publisher left and a fallback goes on: subscribers that follow a publish, not
+        the stream (recorders), finish now."""
+        for sub in list(self.subscribers):
+            if not sub.follows_fallback:
+                sub.finish(f"publish ended: {reason}")
+
+    def _fan_out(self, frame: Frame) -> None:
         self.last_frame_at = self.clock()
         self.frames_in += 1
         self.bytes_in += len(frame.payload)
@@ -200,6 +240,7 @@ class Stream:
         if self.ended.cancelled:
             return
         self.end_reason = reason
+        self.session.cancel()
         self.ended.cancel()
         for sub in list(self.subscribers):
             sub.finish(f"stream ended: {reason}")
@@ -208,10 +249,11 @@ class Stream:
 class PublishHandle:
     """The publisher's side of a stream. ``publish_frame`` never blocks and never awaits."""
 
-    __slots__ = ("_stream",)
+    __slots__ = ("_session", "_stream")
 
     def __init__(self, stream: Stream) -> None:
         self._stream = stream
+        self._session = stream.session  # this publish's; the stream may outlive it (fallback)
 
     @property
     def key(self) -> StreamKey:
@@ -225,7 +267,7 @@ class PublishHandle:
     @property
     def ended(self) -> ShutdownToken:
         """Cancelled when the publish ends (publisher left, reaped, kicked, shutdown)."""
-        return self._stream.ended
+        return self._session
 
     @property
     def end_reason(self) -> str:
@@ -237,10 +279,9 @@ class PublishHandle:
 
     def publish_frame(self, frame: Frame) -> bool:
         """Fan ``frame`` out to every subscriber. Returns False once the publish has ended."""
-        stream = self._stream
-        if stream.ended.cancelled:
+        if self._session.cancelled:
             return False
-        stream.publish(frame)
+        self._stream.publish(frame)
         return True
 
 
@@ -271,6 +312,7 @@ class Subscription:
         "delivered",
         "done",
         "dropped",
+        "follows_fallback",
         "peer",
         "protocol",
         "stream",
@@ -278,11 +320,14 @@ class Subscription:
     )
 
     def __init__(self, stream: Stream, *, protocol: str, peer: str,
-                 viewer: bool = True) -> None:
+                 viewer: bool = True, follows_fallback: bool = True) -> None:
         self.stream = stream
         self.protocol = protocol
         self.peer = peer
         self.viewer = viewer  # a person watching, not a segmenter, recorder or relay
+        # Stays when a fallback replaces the publisher (False: a recorder, which records
+        # publishes, not slates).
+        self.follows_fallback = follows_fallback
         cfg = stream.config
         self._max_frames = cfg.viewer_backlog_frames
         self._max_bytes = cfg.viewer_backlog_bytes

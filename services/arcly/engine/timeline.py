@@ -96,6 +96,16 @@ class Timeline:
     def current(self) -> SegmentMark | None:
         return self._mark
 
+    @property
+    def last_timestamp(self) -> int | None:
+        """The newest audio/video timestamp stamped so far."""
+        return self._last_ts
+
+    def discontinue(self) -> None:
+        """The source changed (a fallback, a publisher back): the next keyframe starts a new
+        segment with a discontinuity, whatever its timestamp."""
+        self._jumped = True
+
     def mark(self, frame: Frame) -> SegmentMark | None:
         """The mark for ``frame`` (advancing the timeline at keyframes). Data frames (cue
         points, text) and configuration only take the current mark; a configuration that

@@ -42,6 +42,7 @@ from arcly.engine import (
     AuthProvider,
     Engine,
     EngineConfig,
+    FallbackProvider,
     KeyOwnership,
     ListenError,
     NullObserver,
@@ -62,6 +63,7 @@ from arcly.recording import FilesystemStorage, RecordingManager, RecordSettings
 
 from . import logs
 from .config import ConfigSource, NodeConfig
+from .fallback import AppFallbacks
 from .reload import Reloader, auth_for
 
 if TYPE_CHECKING:
@@ -102,11 +104,12 @@ def hls_settings(config: NodeConfig, base: HlsSettings | None = None) -> HlsSett
 
 def build_engine(config: NodeConfig, observer: Observer | None = None,
                  auth: AuthProvider | None = None, *, ownership: KeyOwnership | None = None,
-                 upstream: Upstream | None = None) -> Engine:
+                 upstream: Upstream | None = None,
+                 fallback: FallbackProvider | None = None) -> Engine:
     """The kernel configured from ``config``; the observer defaults to one log line per
     session start and end, auth to allow-all."""
     return Engine(engine_config(config), observer=observer or LoggingObserver(), auth=auth,
-                  ownership=ownership, upstream=upstream)
+                  ownership=ownership, upstream=upstream, fallback=fallback)
 
 
 def node_id(config: NodeConfig) -> str:
@@ -369,8 +372,11 @@ async def run_node(role: str | NodeRole, config: NodeConfig,
         if ownership is not None:
             ownership = tracing.TracedOwnership(ownership, node_id=node.identity["id"],
                                                 parts=parts)
+    fallbacks = AppFallbacks(lambda: node.config) if node.role.takes_publishers else None
     engine = build_engine(config, CompositeObserver(engine_observers), auth,
-                          ownership=ownership, upstream=node.upstream)
+                          ownership=ownership, upstream=node.upstream, fallback=fallbacks)
+    if fallbacks is not None:
+        fallbacks.registry = engine
     if traced:
         hls = node.hls
         otel.StreamMetrics(engine, refused=node.admission.refusals,
