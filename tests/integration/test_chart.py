@@ -105,6 +105,8 @@ VALUE_SETS: dict[str, list[str]] = {
                                        "--set", "webrtc.udpPorts=20000-29999",
                                        "--set", "webrtc.iceServersSecret=turn-servers",
                                        "--set-json", "webrtc.consentTimeout=12.5"],
+    "config-file": ["--set-string", "config=log_level = \"debug\"\n[apps.live]\n"
+                    "fallback_stream = \"studio/slate\"\n"],
     "srt-passphrase": ["--set-string", "srt.passphrase=correct horse battery",
                        "--set", "srt.port=9000", "--set", "srt.latencyMs=400"],
     "srt-secret-separate-services": ["--set", "srt.passphraseSecret=srt-passphrase",
@@ -413,6 +415,35 @@ def test_renders_of_unchanged_values_do_not_restart_pods(helm: str) -> None:
     assert rotated["operator"] == before["operator"]
     password = checksums(render(helm, "--set", "redis.password=new-password"))
     assert all(password[c] != before[c] for c in before), "everyone follows the password"
+
+
+def test_the_config_file_comes_from_a_config_map_and_changes_reload_without_restarts(
+        helm: str) -> None:
+    docs = render(helm, *VALUE_SETS["config-file"])
+    config = named(docs, "ConfigMap", "-config")
+    assert "fallback_stream" in config["data"]["arcly.toml"]
+    for workload in workloads(docs):
+        if component(workload) not in ("origin", "edge"):
+            continue
+        pod = workload["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        assert "--config=/etc/arcly/config/arcly.toml" in container["args"]
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "config")
+        assert "subPath" not in mount, "a subPath mount never sees ConfigMap updates"
+        volume = next(v for v in pod["volumes"] if v["name"] == "config")
+        assert volume["configMap"]["name"] == config["metadata"]["name"]
+    assert not [d for d in render(helm) if d["kind"] == "ConfigMap"
+                and d["metadata"]["name"].endswith("-config")]
+
+    def checksums(*args: str) -> dict[str, str]:
+        return {component(w): w["spec"]["template"]["metadata"]["annotations"][
+            "checksum/config"] for w in workloads(render(helm, *args))}
+
+    before = checksums(*VALUE_SETS["config-file"])
+    edited = checksums("--set-string", "config=log_level = \"info\"\n")
+    auth = checksums(*VALUE_SETS["config-file"], "--set-string",
+                     "auth.config=[default]\nprovider = \"allow-all\"\n")
+    assert edited == before and auth == before, "the nodes reload these files in place"
 
 
 def test_node_probes_hit_endpoints_the_node_serves(default: list[dict[str, Any]]) -> None:

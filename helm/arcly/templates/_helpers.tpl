@@ -180,6 +180,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- else }}
 - --srt-listen=off
 {{- end }}
+{{- if .root.Values.config }}
+- --config=/etc/arcly/config/arcly.toml
+{{- end }}
 {{- if include "arcly.authEnabled" .root }}
 - --auth-config=/etc/arcly/auth/auth.toml
 {{- end }}
@@ -199,6 +202,9 @@ app.kubernetes.io/component: {{ .component }}
 
 {{- define "arcly.nodeMounts" -}}
 - {name: tmp, mountPath: /tmp}
+{{- if .root.Values.config }}
+- {name: config, mountPath: /etc/arcly/config, readOnly: true}
+{{- end }}
 {{- if include "arcly.authEnabled" .root }}
 - {name: auth, mountPath: /etc/arcly/auth, readOnly: true}
 {{- end }}
@@ -213,6 +219,11 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "arcly.nodeVolumes" -}}
 - name: tmp
   emptyDir: {}
+{{- if .root.Values.config }}
+- name: config  # a directory mount (not subPath): kubelet swaps it in place on change
+  configMap:
+    name: {{ include "arcly.fullname" .root }}-config
+{{- end }}
 {{- if include "arcly.authEnabled" .root }}
 - name: auth
   secret:
@@ -371,7 +382,10 @@ lifecycle:
 {{- $registry | toJson | sha256sum -}}
 {{- else -}}
 {{- $srt := dict "passphrase" $v.srt.passphrase "secret" $v.srt.passphraseSecret -}}
-{{- dict "auth" $v.auth "api" $v.api "relay" $v.relay "registry" $registry "srt" $srt | toJson | sha256sum -}}
+{{- /* not auth.config nor config: the nodes reload those files in place */ -}}
+{{- $auth := omit $v.auth "config" -}}
+{{- $_ := set $auth "enabled" (include "arcly.authEnabled" .root) -}}
+{{- dict "auth" $auth "api" $v.api "relay" $v.relay "registry" $registry "srt" $srt "config" (ne $v.config "") | toJson | sha256sum -}}
 {{- end -}}
 {{- end -}}
 
