@@ -26,6 +26,7 @@ from arcly.engine import (
 )
 from arcly.hls import Segment, Segmenter
 from arcly.hls.cmaf import CmafSegmenter
+from arcly.hls import service as service_module
 from arcly.hls.service import HlsService, HlsSettings, HlsVariant
 from arcly.media.flv import make_frame
 from tests.support.wait import eventually
@@ -50,6 +51,13 @@ def variant(request: pytest.FixtureRequest) -> Iterator[HlsVariant]:
     VARIANT[0] = request.param
     yield request.param
     VARIANT[0] = HlsVariant.MPEGTS
+
+
+@pytest.fixture(autouse=True)
+def short_end_grace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The grace before a playlist ends (3 s in production), short here: the rules are the
+    same, the suite waits less."""
+    monkeypatch.setattr(service_module, "END_GRACE", 0.3)
 
 
 def new_service(settings: HlsSettings | None = None) -> HlsService:
