@@ -25,8 +25,8 @@ from arcly.engine import (
     Subscription,
 )
 from arcly.hls import Segment, Segmenter
-from arcly.hls.cmaf import CmafSegmenter
 from arcly.hls import service as service_module
+from arcly.hls.cmaf import CmafSegmenter
 from arcly.hls.service import HlsService, HlsSettings, HlsVariant
 from arcly.media.flv import make_frame
 from tests.support.wait import eventually
