@@ -148,7 +148,8 @@ def test_fallback_keeps_flv_and_hls_js_viewers_playing_while_the_publisher_is_aw
         ffprobe: str, source_flv: Path, slate_flv: Path, tmp_path: Path) -> None:
     config = tmp_path / "arcly.toml"
     config.write_text(f'[apps.live]\nfallback = "{slate_flv}"\n')
-    node = node_factory("--config", str(config))
+    recordings = tmp_path / "recordings"
+    node = node_factory("--config", str(config), "--record", str(recordings))
     url = f"rtmp://127.0.0.1:{node.rtmp}/live/always"
     publisher = FfmpegPublisher(ffmpeg, source_flv, url)
     page = browser.new_page()
@@ -205,6 +206,10 @@ def test_fallback_keeps_flv_and_hls_js_viewers_playing_while_the_publisher_is_aw
         print(f"FLV capture: {len(times)} video packets, largest step {max(gaps) * 1000:.0f} ms")
         assert min(gaps) > 0 and max(gaps) < 0.2, "timestamps go on across both switches"
         assert "publish start stream=live/always" in node.log_text()
+        # Recordings follow publishes, not the slate: one finalized when the publisher left,
+        # one being written since it came back.
+        assert node.log_text().count("recording finalized stream=live/always") == 1
+        assert len(list((recordings / "live" / "always").glob("*.flv"))) == 2
     finally:
         capture.finish()
         page.close()

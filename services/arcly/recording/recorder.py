@@ -5,12 +5,14 @@ recording, in order; the event loop only queues them. When storage falls behind 
 ``max_pending_bytes``, the recorder drops whole GOPs (and says so) instead of stalling the
 stream or growing memory. A recording is finalized — FLV duration and size patched, HLS
 playlist closed, fsync — whenever its stream ends: publisher gone, reaped, or node shutdown.
-FLV is append-only, so a crash leaves a file readable up to the last complete tag.
+FLV is append-only, so a crash leaves a file readable up to the last complete tag. The
+manager also enforces retention (``max_age``, ``max_bytes``; see ``retention``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import struct
@@ -18,6 +20,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from arcly.engine import (
@@ -40,6 +43,9 @@ from arcly.hls.playlist import render_playlist
 from arcly.hls.segmenter import Part, Segment, Segmenter
 from arcly.media import amf0, flv
 
+from . import retention
+from .storage import FilesystemStorage
+
 log = logging.getLogger("arcly.recording")
 _F64 = struct.Struct(">d")
 
@@ -53,12 +59,18 @@ class RecordSettings:
     segment_seconds: float = EngineConfig().segment_target  # HLS VOD: the kernel's grouping
     max_age: float | None = None    # seconds: older recordings are deleted (None: kept)
     max_bytes: int | None = None    # all recordings together: the oldest go first (None: no cap)
+    sweep_interval: float = 60.0    # retention sweeps this often (and at start, after each end)
+
+    @property
+    def retention(self) -> bool:
+        return self.max_age is not None or self.max_bytes is not None
 
 
-def _metadata_tag(publisher: dict[str, Any]) -> tuple[bytes, int, int]:
-    """Our onMetaData tag body: duration and filesize first (patched at the end), then the
-    publisher's own fields. Returns the body and the offsets of the two numbers in it."""
-    fields = amf0.EcmaArray(duration=0.0, filesize=0.0)
+def _metadata_tag(publisher: dict[str, Any], start: float) -> tuple[bytes, int, int]:
+    """Our onMetaData tag body: duration and filesize first (patched at the end), the wall
+    clock time of timestamp 0 (``arclyStart``, Unix seconds: what playback windows are cut by),
+    then the publisher's own fields. Returns the body and the offsets of the two numbers."""
+    fields = amf0.EcmaArray(duration=0.0, filesize=0.0, arclyStart=start)
     for name, value in publisher.items():
         if name not in fields:
             fields[name] = value
@@ -171,7 +183,7 @@ class Recorder:
             values = amf0.decode(first.payload)
             if len(values) > 1 and isinstance(values[1], dict):
                 publisher = values[1]
-        body, duration_at, filesize_at = _metadata_tag(publisher)
+        body, duration_at, filesize_at = _metadata_tag(publisher, time.time())
         head = flv.file_header() + flv.encode_tag(flv.TAG_SCRIPT, 0, body)
         start = len(flv.file_header()) + 11
         self._offsets = (start + duration_at, start + filesize_at)
@@ -280,7 +292,8 @@ def _finish_flv(file: _File, offsets: tuple[int, int], duration: float, size: in
 
 class RecordingManager(NullObserver):
     """Starts a recorder for every publish (an ``Observer``) and, as a ``ProtocolHandler``,
-    makes sure every recording is finalized before the node exits."""
+    makes sure every recording is finalized before the node exits, and enforces retention
+    (``max_age``, ``max_bytes``) while it runs."""
 
     name = "recorder"
 
@@ -290,6 +303,11 @@ class RecordingManager(NullObserver):
         self.settings = settings or RecordSettings()
         self.recorders: dict[StreamKey, Recorder] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._sweep_wanted = asyncio.Event()
+
+    def live(self) -> set[str]:
+        """The names (``{app}/{stream}/{base}``) of the recordings being written."""
+        return {recorder.base for recorder in self.recorders.values()}
 
     def on_publish_start(self, key: StreamKey, protocol: str, peer: str) -> None:
         task = asyncio.get_running_loop().create_task(self._record(key), name=f"record-{key}")
@@ -301,8 +319,9 @@ class RecordingManager(NullObserver):
             log.error("recorder not running: not recording stream=%s", key)
             return
         try:
+            # A recording is of one publish: it ends when a fallback replaces the publisher.
             sub = await self.registry.subscribe(key, protocol="record", peer="recorder",
-                                              viewer=False)
+                                              viewer=False, follows_fallback=False)
         except StreamNotFound:
             return
         recorder = Recorder(self.storage, sub, self.settings)
@@ -312,10 +331,22 @@ class RecordingManager(NullObserver):
         finally:
             if self.recorders.get(key) is recorder:
                 del self.recorders[key]
+            self._sweep_wanted.set()
 
     async def run(self, registry: PublishRegistry, shutdown: ShutdownToken) -> None:
         self.registry = registry
-        await shutdown.wait()
+        sweeper = None
+        if isinstance(self.storage, FilesystemStorage):  # retention may come with a reload
+            sweeper = asyncio.create_task(self._sweep_forever(self.storage.root),
+                                          name="record-retention")
+        elif self.settings.retention:
+            log.warning("recording retention needs filesystem storage; not enforced")
+        try:
+            await shutdown.wait()
+        finally:
+            if sweeper is not None:
+                sweeper.cancel()
+                await asyncio.gather(sweeper, return_exceptions=True)
         # Streams end as the listeners wind down; end any that are left, then let every
         # recording finalize.
         if self._tasks:
@@ -324,3 +355,39 @@ class RecordingManager(NullObserver):
             await registry.end_publish(key, CloseReason.SHUTDOWN)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=self.settings.finalize_timeout)
+
+    async def _sweep_forever(self, root: Path) -> None:
+        """Sweep now, then every ``sweep_interval`` seconds and after each finalization."""
+        while True:
+            self._sweep_wanted.clear()
+            try:
+                if self.settings.retention:  # read each time: a config reload may change it
+                    await self.sweep(root)
+            except OSError as exc:
+                log.error("recording retention sweep failed root=%s error=%s", root, exc)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.sweep_interval):
+                    await self._sweep_wanted.wait()
+
+    async def sweep(self, root: Path) -> list[retention.Deletion]:
+        """Delete what retention says must go (filesystem work on a worker thread); return
+        what was deleted."""
+        settings = self.settings
+        stored = await asyncio.to_thread(retention.inventory, root)
+        # Who is live is read after the inventory: a recording that started meanwhile is
+        # either not in the inventory or known to be live.
+        doomed = retention.plan_deletions(stored, now=time.time(), max_age=settings.max_age,
+                                          max_bytes=settings.max_bytes, live=self.live())
+        deleted = []
+        for deletion in doomed:
+            recording = deletion.recording
+            try:
+                await asyncio.to_thread(retention.delete, root, recording)
+            except OSError as exc:
+                log.error("recording deletion failed path=%s.flv error=%s", recording.name, exc)
+                continue
+            deleted.append(deletion)
+            log.info("recording deleted path=%s.flv reason=%s age=%.0fs bytes=%d",
+                     recording.name, deletion.reason, time.time() - recording.modified,
+                     recording.size)
+        return deleted

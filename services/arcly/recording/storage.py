@@ -53,4 +53,9 @@ class FilesystemStorage:
     def open(self, name: str) -> FileWriter:
         path = self.path_for(name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        return FileWriter(path.open("wb"))
+        try:
+            handle = path.open("wb")
+        except FileNotFoundError:  # retention removed the directory, empty, just then
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = path.open("wb")
+        return FileWriter(handle)

@@ -18,10 +18,12 @@ from arcly.protocols.listener import Admission
 
 from .request import Request
 
-REASONS = {200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request",
+REASONS = {200: "OK", 201: "Created", 204: "No Content", 206: "Partial Content",
+           400: "Bad Request",
            401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
            408: "Request Timeout", 409: "Conflict", 411: "Length Required",
            413: "Content Too Large", 415: "Unsupported Media Type",
+           416: "Range Not Satisfiable",
            422: "Unprocessable Content", 431: "Request Header Fields Too Large",
            500: "Internal Server Error", 503: "Service Unavailable"}
 
@@ -44,12 +46,18 @@ def response_parts(status: int, body: str | bytes = "", content_type: str = TEXT
     """A whole response's head and body (sent without joining them: media is not copied)."""
     payload = body.encode() if isinstance(body, str) else body
     headers = {"Content-Type": content_type, "Content-Length": str(len(payload)),
-               "Connection": "keep-alive" if keep_alive else "close",
-               "Access-Control-Allow-Origin": "*",
                "Cache-Control": "no-cache", **(extra or {})}
+    return response_head(status, headers, keep_alive=keep_alive), payload
+
+
+def response_head(status: int, headers: dict[str, str], *, keep_alive: bool = False) -> bytes:
+    """A response head: the status line, ``headers``, then the connection and CORS headers
+    every answer carries (a body of its own follows, e.g. a file streamed in chunks)."""
+    headers = {"Connection": "keep-alive" if keep_alive else "close",
+               "Access-Control-Allow-Origin": "*", **headers}
     lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}"]
     lines += [f"{name}: {value}" for name, value in headers.items()]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode(), payload
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
 class Exchange:

@@ -30,6 +30,7 @@ from .hls import HlsRoutes
 from .metrics import MetricsRoute
 from .pages import Pages, serve_static
 from .probes import LIVENESS_PATH, READINESS_PATH, Probes
+from .recordings import RecordingRoutes
 from .request import MAX_HEAD, Request, parse_request
 from .router import NotAllowed, Resolved, Router
 from .settings import HttpSettings
@@ -76,12 +77,16 @@ class HttpServer(ListeningHandler):
         self.metrics = MetricsRoute(metrics)
         self.webrtc = webrtc
         self.recordings = recordings  # recording playback (origins and single nodes)
+        self.recorded = RecordingRoutes(recordings, self.api, self.settings, self.admission)
         self.pages = Pages(low_latency=hls is not None and hls.low_latency)
         self._idle: set[asyncio.StreamWriter] = set()  # kept-alive, waiting for a request
         self.router = self._routes()
 
     def _routes(self) -> Router:
         router = Router()
+        # Before the management API's prefix route (first match wins); same token rules.
+        router.add("GET", "/api/v1/recordings", self.recorded.streams)
+        router.add("GET", "/api/v1/recordings/{app}/{stream}", self.recorded.listing)
         router.add("*", "/api/v1/{path*}", self.api.handle)
         router.add("GET", LIVENESS_PATH, self.probes.liveness)
         router.add("GET", READINESS_PATH, self.probes.readiness)
@@ -97,6 +102,10 @@ class HttpServer(ListeningHandler):
             router.add("POST", "/{app}/{stream}/whip", self.webrtc.whip)
             router.add("DELETE PATCH", "/{app}/{stream}/whep/{session}", self.webrtc.session)
             router.add("DELETE PATCH", "/{app}/{stream}/whip/{session}", self.webrtc.session)
+        if self.recordings is not None:
+            router.add("GET", "/recordings/{app}/{stream}/{base}.flv", self.recorded.flv_file)
+            router.add("GET", "/recordings/{app}/{stream}/{base}/{name}", self.recorded.vod)
+            router.add("GET", "/playback/{app}/{stream}.flv", self.recorded.playback)
         # Pages come after the media routes, so apps may be named "play" or "static".
         router.add("GET", "/", self.pages.status)
         router.add("GET", "/static/{name}", serve_static)
