@@ -210,10 +210,11 @@ def test_a_real_node_exports_spans_and_metrics_over_otlp_grpc(
 def test_a_backend_sees_sessions_as_roots_and_no_background_noise(
         node_factory: Callable[..., Node], publish: Callable[[Node, str], FfmpegPublisher],
         redis_server: RedisServer) -> None:
-    """Origin + edge exporting to an OTLP receiver for ~20 s with a stream, viewers of every
-    kind and a refused publish: the only root spans are sessions (publish, relay, play); the
-    parts before a session (handshake, auth, claim) hang under it; heartbeats, session
-    renewals and other registry commands make no span."""
+    """Origin + edge exporting to an OTLP receiver for ~10 s (registry sessions of 3 s: many
+    renewals and heartbeats meanwhile) with a stream, viewers of every kind and a refused
+    publish: the only root spans are sessions (publish, relay, play); the parts before a
+    session (handshake, auth, claim) hang under it; heartbeats, session renewals and other
+    registry commands make no span."""
     collector = Collector()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
@@ -225,9 +226,10 @@ def test_a_backend_sees_sessions_as_roots_and_no_background_noise(
            "OTEL_METRIC_EXPORT_INTERVAL": "5000", "ARCLY_RELAY_TOKEN": "t"}
     try:
         origin = node_factory("--redis-url", redis_server.url, "--node-id", "o1",
-                              "--drain-timeout", "1", role="origin", env=env)
+                              "--drain-timeout", "1", "--session-ttl", "3", role="origin",
+                              env=env)
         edge = node_factory("--redis-url", redis_server.url, "--node-id", "e1",
-                            "--drain-timeout", "1", role="edge", env=env)
+                            "--drain-timeout", "1", "--session-ttl", "3", role="edge", env=env)
         publish(origin, "live/quiet")
         started = time.monotonic()
 
@@ -243,7 +245,7 @@ def test_a_backend_sees_sessions_as_roots_and_no_background_noise(
                 await asyncio.to_thread(
                     lambda: urllib.request.urlopen(
                         f"http://127.0.0.1:{edge.http}/live/quiet/index.m3u8", timeout=15).read())
-            while time.monotonic() - started < 20:  # background work runs meanwhile
+            while time.monotonic() - started < 10:  # background work runs meanwhile
                 await flv.next_tag(10)
                 await rtmp.read_message(10)
             await flv.close()
@@ -255,7 +257,7 @@ def test_a_backend_sees_sessions_as_roots_and_no_background_noise(
         server.stop(grace=1)
     spans = collector.spans
     roots = [s for s in spans if not s.parent_span_id]
-    print(f"\n{len(spans)} spans in ~20 s, {len(roots)} roots: "
+    print(f"\n{len(spans)} spans in ~10 s, {len(roots)} roots: "
           f"{sorted({s.name for s in roots})}")
     assert roots and all(s.name.startswith(("publish ", "relay ", "play ")) for s in roots), \
         sorted({s.name for s in roots})

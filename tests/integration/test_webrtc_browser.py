@@ -4,6 +4,7 @@ publishes over WHIP with a fake camera and microphone."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import shutil
 import subprocess
@@ -153,9 +154,19 @@ def test_chromium_publishes_over_whip_and_every_protocol_reads_it(
         recorded = tmp_path / "cam.flv"
         subprocess.run([ffmpeg, "-v", "error", "-i", f"{base}.flv", "-t", "6", "-c", "copy",
                         "-y", str(recorded)], check=True, timeout=30, capture_output=True)
-        decoded = subprocess.run([ffmpeg, "-v", "error", "-i", str(recorded), "-f", "null",
-                                  "-"], capture_output=True, text=True, timeout=30)
+        # A browser's frame times are its capture times (variable frame rate): decode on the
+        # FLV's millisecond clock, not on ffmpeg's guessed 30 fps grid, where two frames taken
+        # 20 ms apart share a slot and read as "non monotonically increasing dts".
+        decoded = subprocess.run([ffmpeg, "-v", "error", "-i", str(recorded),
+                                  "-enc_time_base:v", "1:1000", "-f", "null", "-"],
+                                 capture_output=True, text=True, timeout=30)
         assert decoded.returncode == 0 and decoded.stderr.strip() == "", decoded.stderr
+        for kind in ("v", "a"):  # each track's times strictly increase
+            times = [float(t.strip(",")) for t in subprocess.run(
+                [ffprobe, "-v", "error", "-select_streams", kind, "-show_entries",
+                 "packet=dts_time", "-of", "csv=p=0", str(recorded)],
+                capture_output=True, text=True, check=True).stdout.split() if t.strip(",")]
+            assert times and all(b > a for a, b in itertools.pairwise(times)), kind
         duration = float(subprocess.run(
             [ffprobe, "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0",
              str(recorded)], capture_output=True, text=True, check=True).stdout)

@@ -203,7 +203,13 @@ def build_auth(data: Mapping[str, Any], *, node: str = "", section: str = "") ->
     if unknown:
         raise AuthConfigError(f"[{section}{unknown[0]}]: unknown section (sections: "
                               f"[{section}default], [{section}apps.NAME])")
-    default = build_provider(data.get("default", {}), f"[{section}default]", node=node)
-    apps = {app: build_provider(table, f"[{section}apps.{app}]", node=node)
-            for app, table in (data.get("apps") or {}).items()}
-    return PerApp(apps, default)
+    default = data.get("default", {})
+    apps = data.get("apps") or {}
+    if not isinstance(default, dict):
+        raise AuthConfigError(f"[{section}default]: must be a table, like "
+                              f"[{section}default] provider = \"allow-all\"")
+    if not isinstance(apps, dict) or not all(isinstance(t, dict) for t in apps.values()):
+        raise AuthConfigError(f"[{section}apps]: must hold tables, like [{section}apps.live]")
+    return PerApp({app: build_provider(table, f"[{section}apps.{app}]", node=node)
+                   for app, table in apps.items()},
+                  build_provider(default, f"[{section}default]", node=node))

@@ -29,7 +29,7 @@ from .frame import Frame
 from .key import StreamKey
 from .reasons import CloseReason
 from .shutdown import ShutdownToken, signals_handled
-from .stream import RELAYED, Clock, PublishHandle, Stream, Subscription
+from .stream import RELAYED, Clock, PublishHandle, PublishSession, Stream, Subscription
 from .timeline import Timeline, TimelineState
 
 # Publishes that end for these reasons end their stream even when its app has a fallback: the
@@ -98,6 +98,9 @@ class Engine:
             log.info("replacing a silent publisher stream=%s silent_s=%.1f peer=%s", key,
                      self.clock() - current.last_frame_at, current.peer)
             await self.end_publish(key, CloseReason.REPLACED)
+            current = self._streams.get(key)
+            if current is not None and key in self._fallbacks:  # the app has a fallback
+                return self._adopt(current, protocol, peer)
         try:
             if key in self._streams or key in self._claiming:
                 raise StreamBusy(f"{key} is already being published")
@@ -118,8 +121,9 @@ class Engine:
     async def end_publish(self, key: StreamKey, reason: str = "ended", *,
                           token: int | None = None) -> bool:
         """End the publish on ``key`` (only the one with fencing ``token``, if given): viewers
-        get the end of stream, the key is free again. Returns False if nothing (of ``token``)
-        was published there."""
+        get the end of stream and the key is free again — unless the app has a fallback and
+        ``reason`` is not final (``_FINAL``): then the fallback feeds the stream on. Returns
+        False if nothing (of ``token``) was published there."""
         stream = self._streams.get(key)
         if stream is None or (token is not None and stream.token != token):
             return False
@@ -129,10 +133,11 @@ class Engine:
         if feeding is not None and feeding is not asyncio.current_task():
             feeding.cancel()
         del self._streams[key]
+        announced = stream.session.announced  # a fallback's or an unstarted adopter's: not
         stream.end(reason)
-        if feeding is None:  # the publisher's end was told when the fallback took over
+        if announced:
             self.observer.on_publish_end(key, stream.protocol, stream.peer, reason)
-        else:
+        if feeding is not None:
             log.info("fallback end stream=%s reason=%r", key, reason)
         try:
             await self.ownership.release(key, stream.token)
@@ -238,8 +243,10 @@ class Engine:
         if source is None:
             return False
         key = stream.key
-        stream.session.cancel()  # the publisher's handle is over
-        self.observer.on_publish_end(key, stream.protocol, stream.peer, reason)
+        session = stream.session
+        session.end(reason)  # the publisher's handle is over
+        if session.announced:
+            self.observer.on_publish_end(key, stream.protocol, stream.peer, reason)
         stream.keep_fallback_viewers(reason)
         log.info("fallback start stream=%s source=%s after=%r", key, _describe(source), reason)
         self._feed(stream, source)
@@ -285,7 +292,7 @@ class Engine:
 
     def _feed(self, stream: Stream, source: MediaSource) -> None:
         stream.protocol, stream.peer = FALLBACK, _describe(source)
-        stream.session = ShutdownToken()
+        stream.session = PublishSession(announced=False)
         stream.splice(fallback=True)
         task = asyncio.get_running_loop().create_task(self._pump_fallback(stream, source),
                                                       name=f"fallback-{stream.key}")
@@ -297,10 +304,14 @@ class Engine:
         key = stream.key
         self._fallbacks.pop(key).cancel()
         stream.protocol, stream.peer = protocol, peer
-        stream.session = ShutdownToken()
+        session = stream.session = PublishSession(announced=False)
         log.info("fallback end stream=%s reason='publisher back' peer=%s", key, peer)
-        stream.splice(fallback=False,
-                      on_start=lambda: self.observer.on_publish_start(key, protocol, peer))
+
+        def announce() -> None:
+            session.announced = True
+            self.observer.on_publish_start(key, protocol, peer)
+
+        stream.splice(fallback=False, on_start=announce)
         return PublishHandle(stream)
 
     async def _pump_fallback(self, stream: Stream, source: MediaSource) -> None:
@@ -320,8 +331,8 @@ class Engine:
                     if frame is None:
                         break
                     stream.publish(frame)
-                if stream.subscribers:
-                    idle_since = None
+                if any(sub.protocol != FALLBACK for sub in stream.subscribers):
+                    idle_since = None  # watched (not only by another fallback following it)
                 elif idle_since is None:
                     idle_since = self.clock()
                 elif self.clock() - idle_since >= self.config.upstream_linger:
@@ -486,11 +497,12 @@ class Engine:
                 reaped += 1
         return reaped
 
-    def spawn_idle_reaper(self, interval: float,
-                          shutdown: ShutdownToken) -> asyncio.Task[None] | None:
+    def spawn_idle_reaper(self, interval: float, shutdown: ShutdownToken, *,
+                          always: bool = False) -> asyncio.Task[None] | None:
         """Start a task that calls ``reap_idle`` every ``interval`` seconds until ``shutdown``.
-        Returns None (and starts nothing) without an idle timeout; the caller owns the task."""
-        if self.config.idle_timeout is None:
+        Returns None (and starts nothing) without an idle timeout, unless ``always`` (the
+        timeout may be set later: a config reload); the caller owns the task."""
+        if self.config.idle_timeout is None and not always:
             return None
 
         async def reaper() -> None:

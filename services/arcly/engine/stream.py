@@ -145,7 +145,7 @@ class Stream:
         self.bytes_out = 0
         self.ended = ShutdownToken()  # the stream is over (every subscriber is finished)
         # The current publish session; a stream with a fallback outlives its publishers.
-        self.session = ShutdownToken()
+        self.session = PublishSession()
         self.splicer: Splicer | None = None  # set at the first change of source
         self.end_reason = ""
 
@@ -168,18 +168,30 @@ class Stream:
         goes out."""
         timeline = self.timeline
 
-        def cut() -> None:
-            timeline.discontinue()
+        def cut(has_video: bool) -> None:
+            timeline.discontinue(has_video=has_video)
             nonlocal on_start
             if on_start is not None:
                 started, on_start = on_start, None
                 started()
 
         if self.splicer is None:
-            self.splicer = Splicer(cut, last_sent=timeline.last_timestamp)
+            self.splicer = Splicer(cut, last_sent=self._last_sent())
         else:
             self.splicer.retarget(cut)
         self.splicer.cut(rebase_jumps=fallback)
+
+    def _last_sent(self) -> dict[FrameKind, int]:
+        """The newest timestamp per kind sent so far (before this stream had a splicer): from
+        the GOP cache, and the timeline's last stamped frame."""
+        newest: dict[FrameKind, int] = {}
+        for frame in self.gop.frames:
+            if not frame.config and frame.timestamp > newest.get(frame.kind, -1):
+                newest[frame.kind] = frame.timestamp
+        last = self.timeline.last_timestamp
+        if last is not None:
+            newest[FrameKind.DATA] = last
+        return newest
 
     def keep_fallback_viewers(self, reason: str) -> None:
         """The publisher left and a fallback goes on: subscribers that follow a publish, not
@@ -240,10 +252,29 @@ class Stream:
         if self.ended.cancelled:
             return
         self.end_reason = reason
-        self.session.cancel()
+        self.session.end(reason)
         self.ended.cancel()
         for sub in list(self.subscribers):
             sub.finish(f"stream ended: {reason}")
+
+
+class PublishSession:
+    """One publisher's hold on a stream: ended when that publish ends, even if the stream goes
+    on (a fallback takes over)."""
+
+    __slots__ = ("announced", "ended", "reason")
+
+    def __init__(self, *, announced: bool = True) -> None:
+        self.ended = ShutdownToken()
+        self.reason = ""
+        # The observers heard of this publish (a publisher back from a fallback is announced
+        # at its first keyframe): its end is told only if its start was.
+        self.announced = announced
+
+    def end(self, reason: str) -> None:
+        if not self.ended.cancelled:
+            self.reason = reason
+            self.ended.cancel()
 
 
 class PublishHandle:
@@ -267,11 +298,11 @@ class PublishHandle:
     @property
     def ended(self) -> ShutdownToken:
         """Cancelled when the publish ends (publisher left, reaped, kicked, shutdown)."""
-        return self._session
+        return self._session.ended
 
     @property
     def end_reason(self) -> str:
-        return self._stream.end_reason
+        return self._session.reason
 
     @property
     def last_frame_at(self) -> float:
@@ -279,7 +310,7 @@ class PublishHandle:
 
     def publish_frame(self, frame: Frame) -> bool:
         """Fan ``frame`` out to every subscriber. Returns False once the publish has ended."""
-        if self._session.cancelled:
+        if self._session.ended.cancelled:
             return False
         self._stream.publish(frame)
         return True

@@ -101,10 +101,14 @@ class Timeline:
         """The newest audio/video timestamp stamped so far."""
         return self._last_ts
 
-    def discontinue(self) -> None:
+    def discontinue(self, *, has_video: bool = True) -> None:
         """The source changed (a fallback, a publisher back): the next keyframe starts a new
-        segment with a discontinuity, whatever its timestamp."""
+        segment with a discontinuity, whatever its timestamp. ``has_video`` False: the new
+        source started without video; nothing is stamped until a keyframe comes (its audio
+        would otherwise grow the last segment for ever)."""
         self._jumped = True
+        if not has_video:
+            self._mark = None
 
     def mark(self, frame: Frame) -> SegmentMark | None:
         """The mark for ``frame`` (advancing the timeline at keyframes). Data frames (cue

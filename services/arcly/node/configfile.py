@@ -215,6 +215,11 @@ def auth_error(path: str, text: str, message: str) -> ConfigFileError:
     """An ``AuthConfigError`` from the file's ``[auth]`` table, with its line: the message
     starts with the section (``[auth.apps.live]: ...``)."""
     match = re.match(r"\[([^\]]+)\]", message)
-    line = _Lines(path, text).table_line(tuple(match.group(1).split("."))) if match else None
+    line = None
+    if match:
+        lines = _Lines(path, text)
+        names = tuple(match.group(1).split("."))
+        # [auth.apps.live] as a table header, or as a key: live = ... under [auth.apps]
+        line = lines.table_line(names) or lines.find(names[:-1], names[-1])
     at = f" line {line}" if line is not None else ""
     return ConfigFileError(f"config file {path}{at}: {message}")

@@ -1,9 +1,10 @@
 """The fallback sources behind ``[apps.NAME] fallback`` / ``fallback_stream`` (see
 ``arcly.engine.fallback`` for what the kernel does with them).
 
-- ``FileLoop``: an FLV file (a slate, a "we'll be right back" loop), read once and played in
-  real time, over and over. Made with e.g. ``ffmpeg -f lavfi -i smptebars=size=1280x720:rate=30
-  -f lavfi -i anullsrc=r=48000 -t 10 -c:v libx264 -g 60 -c:a aac slate.flv``.
+- ``FileLoop``: an FLV file (a slate, a "we'll be right back" loop), read once (on a worker
+  thread) and played in real time, over and over. Made with e.g. ``ffmpeg -f lavfi -i
+  smptebars=size=1280x720:rate=30 -f lavfi -i anullsrc=r=48000 -t 10 -c:v libx264 -g 60 -bf 0
+  -c:a aac slate.flv`` (no B-frames: WebRTC viewers cannot take them).
 - ``StreamFollower``: another live stream of this node (``app/stream``), followed while it is
   live and waited for while it is not.
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from arcly.engine import (
@@ -41,11 +42,12 @@ _RETRY = 0.5  # seconds between looks for a followed stream that is not live
 
 def read_flv(path: str) -> list[Frame]:
     """The frames of an FLV file (config and media), checked: it must start a decoder (a
-    video keyframe, or audio only)."""
-    data = Path(path).read_bytes()
-    if len(data) > MAX_FILE_BYTES:
-        raise ProtocolError(f"fallback {path}: {len(data)} bytes is over the "
+    video keyframe, or audio only). Blocking: call it on a worker thread."""
+    size = Path(path).stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise ProtocolError(f"fallback {path}: {size} bytes is over the "
                             f"{MAX_FILE_BYTES} byte limit for a looped file")
+    data = Path(path).read_bytes()
     tags, _ = flv.parse_tags(data, flv.parse_header(data))
     frames = [flv.make_frame(FrameKind(tag.tag_type), tag.timestamp, tag.body) for tag in tags]
     media = [f for f in frames if not f.config and f.kind is not FrameKind.DATA]
@@ -58,24 +60,35 @@ def read_flv(path: str) -> list[Frame]:
 
 
 class FileLoop:
-    """Plays ``frames`` (from ``read_flv``) in real time, looping: configuration once, then the
-    media again and again (the kernel rebases each loop's timestamps)."""
+    """Plays an FLV file in real time, looping: configuration once, then the media again and
+    again (the kernel rebases each loop's timestamps). ``load`` gives the file's frames (read
+    off the event loop, cached by the provider); a file that cannot be used fails the source."""
 
-    def __init__(self, path: str, frames: list[Frame], clock: Callable[[], float] = time.monotonic
-                 ) -> None:
+    def __init__(self, path: str, load: Callable[[], Awaitable[list[Frame]]],
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.description = f"file:{Path(path).name}"
+        self._load = load
+        self._clock = clock
+        self._config: list[Frame] = []
+        self._media: list[Frame] = []
+        self._index = 0
+        self._sent_config = -1  # -1: not loaded yet
+        self._first_ts = self._last_ts = 0
+        self._loop_start = 0.0
+
+    async def _start(self) -> None:
+        frames = await self._load()
         # Sequence headers, not the file's onMetaData (its duration would tell players the
         # live stream is a 10 s file), nor its other data tags.
         self._config = [f for f in frames if f.config and f.kind is not FrameKind.DATA]
         self._media = [f for f in frames if not f.config and f.kind is not FrameKind.DATA]
-        self._first_ts = self._media[0].timestamp
-        self._clock = clock
-        self._index = 0
-        self._loop_start = clock()
+        self._first_ts = self._last_ts = self._media[0].timestamp
+        self._loop_start = self._clock()
         self._sent_config = 0
-        self._last_ts = self._first_ts
 
     async def next_frame(self) -> Frame | None:
+        if self._sent_config < 0:
+            await self._start()
         if self._sent_config < len(self._config):
             self._sent_config += 1
             return self._config[self._sent_config - 1]
@@ -145,19 +158,19 @@ class AppFallbacks:
                 return None
             return StreamFollower(self.registry, settings.fallback_stream)
         if settings.fallback is not None:
-            frames = self._frames(settings.fallback)
-            return FileLoop(settings.fallback, frames) if frames else None
+            path = settings.fallback
+            return FileLoop(path, lambda: asyncio.to_thread(self._frames, path))
         return None
 
-    def _frames(self, path: str) -> list[Frame] | None:
-        """The file's frames, read again when it changed (blocking, but once per change of a
-        small file; an unreadable file is logged and the stream ends as without fallback)."""
+    def _frames(self, path: str) -> list[Frame]:
+        """The file's frames, read again when it changed (on a worker thread). An unusable
+        file raises: the fallback fails, the log says why, the stream ends."""
         try:
             mtime = Path(path).stat().st_mtime
             cached = self._files.get(path)
             if cached is None or cached[0] != mtime:
                 self._files[path] = (mtime, read_flv(path))
             return self._files[path][1]
-        except (OSError, ProtocolError, ValueError) as exc:
+        except (OSError, ValueError, ProtocolError) as exc:
             log.error("fallback file unusable path=%s error=%s", path, exc)
-            return None
+            raise ProtocolError(f"fallback file {path}: {exc}") from exc

@@ -38,7 +38,8 @@ RELOADABLE = frozenset({
     "auth", "auth_config", "apps",
     "max_connections", "max_connections_per_ip", "max_publishers", "max_viewers_per_stream",
     "idle_timeout", "gop_max_bytes", "viewer_backlog_bytes",
-    "hls_segment_seconds", "hls_part_ms", "hls_window", "hls_on_publish",
+    # Not the segment and part targets: a live playlist's must not change (RFC 8216).
+    "hls_window", "hls_on_publish",
     "record_max_age", "record_max_bytes",
 })
 _NOT_COMPARED = frozenset({"retired"})
@@ -151,6 +152,11 @@ class Reloader:
                 self.refused += 1
                 log.error("config refused (%s): %s; still running generation %d", why, exc,
                           self.generation)
+                return False
+            except Exception:  # a bug reading some odd file must not stop the node
+                self.refused += 1
+                log.exception("config refused (%s): unexpected error; still running "
+                              "generation %d", why, self.generation)
                 return False
             old = self.config
             new = self._keep_unreloadable(old, new)

@@ -38,6 +38,7 @@ from arcly.cluster.registry import RegistrySettings
 from arcly.cluster.relay_client import EdgeSettings, RelayUpstream
 from arcly.cluster.relay_server import RelayServer, RelaySettings
 from arcly.engine import (
+    FALLBACK,
     AllowAll,
     AuthProvider,
     Engine,
@@ -395,7 +396,8 @@ async def run_node(role: str | NodeRole, config: NodeConfig,
         await _bind(handlers)
         if node.registry is not None and node.registry.keeps_session:
             await _start_session(node.registry)
-        reaper = engine.spawn_idle_reaper(min(5.0, (config.idle_timeout or 5.0) / 2), token)
+        reaper = engine.spawn_idle_reaper(min(5.0, (config.idle_timeout or 5.0) / 2), token,
+                                          always=True)  # a reload may set the timeout
         if node.registry is not None:
             registry_task = asyncio.create_task(
                 node.registry.run(stop_registry, _Held(engine, node.hls)), name="registry")
@@ -540,7 +542,8 @@ class _Drain:
         deadline = loop.time() + self.drain_timeout
         # Polled: "no sessions left" is a condition over the whole engine, not one event.
         while loop.time() < deadline and any(  # noqa: ASYNC110
-                s.subscribers or not s.relayed for s in self.engine.streams()):
+                s.subscribers or not (s.relayed or s.protocol == FALLBACK)
+                for s in self.engine.streams()):
             await asyncio.sleep(0.25)
         log.info("drain finished; stopping")
         self.token.cancel()

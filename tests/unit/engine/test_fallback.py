@@ -164,18 +164,66 @@ async def test_on_demand_fallback_opens_an_unpublished_key_and_closes_without_vi
 
 
 def test_the_splicer_rebases_loops_and_keeps_tracks_monotonic() -> None:
-    cuts: list[int] = []
-    splicer = Splicer(lambda: cuts.append(1), last_sent=5000)
+    cuts: list[bool] = []
+    splicer = Splicer(cuts.append, last_sent={FrameKind.VIDEO: 4967, FrameKind.AUDIO: 5000})
     splicer.cut(rebase_jumps=True)
     assert splicer.fit(config(b"a")) == ()  # held until the keyframe
     assert splicer.fit(audio(90)) == ()  # before the video keyframe: dropped
     out = splicer.fit(video(100, key=True))
-    assert [f.timestamp for f in out] == [5033, 5033] and out[0].config and cuts == [1]
-    assert [f.timestamp for f in splicer.fit(video(140))] == [5073]
-    assert [f.timestamp for f in splicer.fit(audio(120))] == [5053]
+    # One step after the newest track, the offset rounded up to the 100 ms grid (frame-rate
+    # phase kept): 5000 + 33 - 100 -> 5000.
+    assert [f.timestamp for f in out] == [5100, 5100] and out[0].config and cuts == [True]
+    assert [f.timestamp for f in splicer.fit(video(140))] == [5140]
+    assert [f.timestamp for f in splicer.fit(audio(120))] == [5120]
     looped = splicer.fit(video(0, key=True))  # the file looped: rebased, a new cut
-    assert [f.timestamp for f in looped] == [5073 + 40] and cuts == [1, 1]
-    # A publisher's own timestamps are kept as they come (one offset from its cut).
+    assert [f.timestamp for f in looped] == [5200] and cuts == [True, True]
+    # A publisher's own timestamps keep their steps (one offset from its cut) ...
     splicer.cut(rebase_jumps=False)
-    assert [f.timestamp for f in splicer.fit(video(0, key=True))] == [5153]
-    assert [f.timestamp for f in splicer.fit(video(60_000))] == [65_153]
+    assert [f.timestamp for f in splicer.fit(video(0, key=True))] == [5300]
+    assert [f.timestamp for f in splicer.fit(video(60_000))] == [65_300]
+    assert splicer.fit(audio(59_000)) != ()  # audio trailing video a little: kept
+    # ... until its clock goes back (an encoder reset): rebased, time goes on.
+    assert [f.timestamp for f in splicer.fit(video(10))] == [65_410]
+
+
+def test_a_cut_that_starts_on_audio_lets_video_in_only_at_a_keyframe() -> None:
+    cuts: list[bool] = []
+    splicer = Splicer(cuts.append, last_sent={FrameKind.AUDIO: 1000})
+    splicer.cut(rebase_jumps=False)
+    assert splicer.fit(config(b"v")) == ()
+    for ts in range(0, 2000, 20):  # two seconds of audio and no video keyframe
+        assert splicer.fit(audio(ts)) == ()
+    started = splicer.fit(audio(2000))
+    assert [f.kind for f in started] == [FrameKind.AUDIO] and cuts == [False]
+    assert splicer.fit(video(2010)) == ()  # not a keyframe: video still waits
+    joined = splicer.fit(video(2040, key=True))
+    assert [(f.config, f.keyframe) for f in joined] == [(True, True), (False, True)]
+    assert joined[1].timestamp > started[0].timestamp
+
+
+async def test_a_reconnecting_publisher_replaces_its_silent_self_on_a_fallback_app() -> None:
+    now = [0.0]
+    engine = Engine(EngineConfig(stale_publisher=2.0), fallback=Fallbacks(),
+                    clock=lambda: now[0])
+    first = await engine.start_publish(KEY, protocol="rtmp", peer="old")
+    first.publish_frame(video(0, key=True))
+    now[0] = 5.0  # the old connection went quiet (half-open after a network drop)
+    again = await engine.start_publish(KEY, protocol="rtmp", peer="new")
+    assert first.ended.cancelled and not again.ended.cancelled
+    assert first.end_reason == CloseReason.REPLACED
+    again.publish_frame(video(40, key=True))
+    assert engine.stream(KEY) is not None and engine.stream(KEY).peer == "new"
+
+
+async def test_an_adopter_that_leaves_before_its_keyframe_is_never_announced() -> None:
+    observer = Starts()
+    engine = Engine(observer=observer, fallback=Fallbacks())
+    handle = await engine.start_publish(KEY, protocol="rtmp")
+    handle.publish_frame(video(0, key=True))
+    await engine.end_publish(KEY, "publisher disconnected")
+    back = await engine.start_publish(KEY, protocol="rtmp")
+    back.publish_frame(video(40))  # no keyframe yet
+    await engine.end_publish(KEY, "publisher disconnected")
+    assert back.end_reason == "publisher disconnected"
+    await engine.end_publish(KEY, CloseReason.SHUTDOWN)
+    assert observer.events == ["start rtmp", "end rtmp"]  # balanced

@@ -115,3 +115,22 @@ def test_a_reload_refuses_bad_files_and_keeps_what_needs_a_restart(
     assert reloader.summary()["generation"] == 2
     assert {"auth", "apps", "log_level", "max_viewers_per_stream"} <= RELOADABLE
     assert not {"rtmp_listen", "http_listen", "grpc_listen", "redis_url"} & RELOADABLE
+
+
+@pytest.mark.parametrize("text", ['[auth]\ndefault = "allow-all"\n',
+                                  '[auth.apps]\nlive = "static"\n',
+                                  '[auth.default]\nprovider = "static"\n[auth.other]\n'])
+def test_a_malformed_auth_table_is_refused_and_never_stops_the_reloader(
+        tmp_path: Path, text: str) -> None:
+    path = write(tmp_path, "")
+    source = ConfigSource({"config": path}, {})
+
+    async def apply(old: NodeConfig, new: NodeConfig, auth: PerApp | None) -> None:
+        raise AssertionError("a refused file is never applied")
+
+    reloader = Reloader(source, source.build(), apply)
+    Path(path).write_text(text)
+    assert not asyncio.run(reloader.reload("file changed"))
+    assert reloader.refused == 1 and reloader.generation == 1
+    with pytest.raises(ConfigFileError, match=r"line \d+: \[auth\."):
+        auth_for(source.build())

@@ -35,7 +35,10 @@ def test_a_file_loop_plays_in_real_time_and_loops_without_its_metadata(tmp_path:
     slept: list[float] = []
 
     async def play() -> list[Frame]:
-        loop = FileLoop(path, read_flv(path), clock=lambda: now[0])
+        async def load() -> list[Frame]:
+            return read_flv(path)
+
+        loop = FileLoop(path, load, clock=lambda: now[0])
         real_sleep = asyncio.sleep
 
         async def fake_sleep(seconds: float) -> None:
@@ -83,6 +86,9 @@ def test_the_provider_reads_the_running_config(tmp_path: Path) -> None:
     assert provider.fallback_for(StreamKey("other", "a"), on_demand=False) is None
     running[0] = NodeConfig()  # a reload removed them
     assert provider.fallback_for(StreamKey("live", "a"), on_demand=False) is None
-    Path(slate).write_bytes(b"broken")  # a file that became unusable: no fallback, logged
     running[0] = ConfigSource({"config": str(path)}, {}).build()
-    assert provider.fallback_for(StreamKey("live", "a"), on_demand=False) is None
+    Path(slate).write_bytes(b"broken")  # a file that became unusable: the source fails
+    broken = provider.fallback_for(StreamKey("live", "a"), on_demand=False)
+    assert broken is not None
+    with pytest.raises(ProtocolError, match="fallback file"):
+        asyncio.run(broken.next_frame())
