@@ -21,7 +21,7 @@ from arcly.cluster.relay_client import EdgeSettings
 from arcly.cluster.relay_server import RelaySettings
 from arcly.engine import EngineConfig
 from arcly.hls.service import HlsSettings, HlsVariant
-from arcly.protocols.egress import DEFAULT_COALESCE
+from arcly.protocols.egress import DEFAULT_COALESCE, DEFAULT_COALESCE_MAX
 from arcly.protocols.listener import Limits
 from arcly.protocols.rtmp import RtmpSettings
 from arcly.protocols.srt.settings import SrtSettings, check_passphrase
@@ -118,6 +118,7 @@ class NodeConfig:
     handshake_timeout: float = _RTMP.handshake_timeout
     command_timeout: float = _RTMP.command_timeout
     write_coalesce_ms: float = DEFAULT_COALESCE * 1000
+    write_coalesce_max_ms: float = DEFAULT_COALESCE_MAX * 1000
     metrics: bool = True
     metrics_listen: Address | None = None
     webrtc: bool = _WEBRTC.enabled
@@ -351,6 +352,9 @@ _OPTIONS: list[tuple[str, object, str]] = [
      "seconds an RTMP client has from connecting to publish/play"),
     ("--write-coalesce-ms", _non_negative_float,
      "merge a viewer's frames into one write per this many ms (0: write each frame at once)"),
+    ("--write-coalesce-max-ms", _non_negative_float,
+     "the merge interval grows with the node's paced viewers up to this many ms (from "
+     "--write-coalesce-ms up to 100 viewers to this at 1000; at most --write-coalesce-ms: fixed)"),
     ("--metrics", _bool, "serve Prometheus metrics at /metrics (--no-metrics to turn off)"),
     ("--metrics-listen", _address,
      "serve /metrics on this HOST:PORT instead of the HTTP port (keeps it off public Services)"),

@@ -305,11 +305,13 @@ def _handlers(node: _Node, engine: Engine,
         RtmpSettings(chunk_size=config.chunk_size, max_message_size=config.max_message_size,
                      handshake_timeout=config.handshake_timeout,
                      command_timeout=config.command_timeout,
-                     write_coalesce=config.write_coalesce_ms / 1000),
+                     write_coalesce=config.write_coalesce_ms / 1000,
+                     write_coalesce_max=config.write_coalesce_max_ms / 1000),
         admission=node.admission, observer=engine.observer)]
     handlers += [h for h in (node.hls, node.recorder) if h is not None]
     http_settings = HttpSettings(header_timeout=config.handshake_timeout,
-                                 write_coalesce=config.write_coalesce_ms / 1000)
+                                 write_coalesce=config.write_coalesce_ms / 1000,
+                                 write_coalesce_max=config.write_coalesce_max_ms / 1000)
     srt = _srt(node, engine)
     if srt is not None:
         handlers.append(srt)

@@ -15,6 +15,11 @@ pending frames go to its transport in one ``writelines`` call. How often that ha
   SRS's merged writes (``mw_latency``, 350 ms by default there) with a tighter bound. On
   loopback the kernel's cost per ``send`` dominates (see bench/README.md): 20 ms costs about
   2.7x the CPU per GB of 100 ms at 1000 viewers.
+* The interval grows with the number of paced viewers on the loop, up to ``coalesce_max``:
+  ``coalesce`` up to ``GROW_FROM`` viewers, ``coalesce_max`` from ``GROW_TO`` on, linear between
+  (``interval_for``). A node with a thousand viewers writes each a third as often (the kernel's
+  per-``send`` cost is what fan-out spends, see bench/README.md); only steady-state latency pays,
+  start-up is never delayed, and a node with few viewers keeps the short interval.
 * ``coalesce == 0``: each viewer's own loop wakes per published frame and writes at once —
   lowest latency, most CPU.
 
@@ -33,6 +38,21 @@ from collections.abc import Callable
 from arcly.engine import CloseReason, Frame, Subscription
 
 DEFAULT_COALESCE = 0.100
+DEFAULT_COALESCE_MAX = 0.300  # SRS merges 350 ms; start-up is never delayed either way
+GROW_FROM = 100   # paced viewers on the loop from which the interval grows ...
+GROW_TO = 1000    # ... to its ceiling, reached here
+
+
+def interval_for(base: float, ceiling: float, paced: int) -> float:
+    """The pacer's interval for ``paced`` viewers: ``base`` up to ``GROW_FROM``, ``ceiling`` from
+    ``GROW_TO`` on, linear between (a ceiling below the base: the base, fixed).
+
+    >>> [round(interval_for(0.1, 0.3, paced), 3) for paced in (50, 550, 5000)]
+    [0.1, 0.2, 0.3]
+    """
+    if ceiling <= base or paced <= GROW_FROM:
+        return base
+    return base + (ceiling - base) * min(1.0, (paced - GROW_FROM) / (GROW_TO - GROW_FROM))
 
 
 def limit_send_buffer(writer: asyncio.StreamWriter, size: int) -> None:
@@ -64,9 +84,11 @@ class _Paced:
 class Pacer:
     """Writes the pending frames of many viewers on one timer (see the module docstring)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, interval: float) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, interval: float,
+                 ceiling: float | None = None) -> None:
         self.loop = loop
         self.interval = interval
+        self.ceiling = interval if ceiling is None else ceiling
         self._members: dict[_Paced, None] = {}  # insertion-ordered set
         self._timer: asyncio.TimerHandle | None = None
         self._next = 0.0
@@ -74,10 +96,14 @@ class Pacer:
     def __len__(self) -> int:
         return len(self._members)
 
+    @property
+    def current_interval(self) -> float:
+        return interval_for(self.interval, self.ceiling, len(self._members))
+
     def add(self, member: _Paced) -> None:
         self._members[member] = None
         if self._timer is None:
-            self._next = self.loop.time() + self.interval
+            self._next = self.loop.time() + self.current_interval
             self._timer = self.loop.call_at(self._next, self._tick)
 
     def discard(self, member: _Paced) -> None:
@@ -101,7 +127,8 @@ class Pacer:
         if self._members:
             # Fixed rate, not fixed delay; a tick that ran late does not push later ones back.
             now = self.loop.time()
-            self._next = max(self._next + self.interval, now + self.interval / 4)
+            step = self.current_interval
+            self._next = max(self._next + step, now + step / 4)
             self._timer = self.loop.call_at(self._next, self._tick)
 
     @staticmethod
@@ -134,26 +161,30 @@ class Pacer:
         return ""
 
 
-_pacers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, Pacer]] = \
-    weakref.WeakKeyDictionary()
+_pacers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
+                                   dict[tuple[float, float], Pacer]] = weakref.WeakKeyDictionary()
 
 
-def pacer(interval: float) -> Pacer:
-    """The running loop's pacer for ``interval`` (one timer per loop and interval)."""
+def pacer(interval: float, ceiling: float | None = None) -> Pacer:
+    """The running loop's pacer for ``interval`` growing up to ``ceiling`` (one timer per loop
+    and setting: RTMP and HTTP-FLV viewers share it, and count together)."""
     loop = asyncio.get_running_loop()
     by_interval = _pacers.setdefault(loop, {})
-    found = by_interval.get(interval)
+    setting = (interval, interval if ceiling is None else ceiling)
+    found = by_interval.get(setting)
     if found is None:
-        found = by_interval[interval] = Pacer(loop, interval)
+        found = by_interval[setting] = Pacer(loop, *setting)
     return found
 
 
 async def deliver(sub: Subscription, writer: asyncio.StreamWriter,
                   encode: Callable[[Frame], bytes], *, stall_timeout: float,
-                  coalesce: float = DEFAULT_COALESCE, share: object = None) -> str:
+                  coalesce: float = DEFAULT_COALESCE, coalesce_max: float | None = None,
+                  share: object = None) -> str:
     """Write ``sub``'s frames to ``writer`` until the stream ends, the viewer falls behind or
     goes away. Returns the reason delivery stopped.
 
+    ``coalesce_max``: the interval's ceiling as viewers grow (None: fixed at ``coalesce``).
     ``share``: viewers whose ``encode`` gives the same bytes for the same frame pass equal
     ``share`` keys (e.g. protocol, chunk size, message stream id); paced viewers with equal keys
     then share one buffer per tick. ``None``: ``encode`` itself is the key."""
@@ -166,7 +197,7 @@ async def deliver(sub: Subscription, writer: asyncio.StreamWriter,
     if reason:
         return reason
     loop = asyncio.get_running_loop()
-    timer = pacer(coalesce)
+    timer = pacer(coalesce, coalesce_max)
     member = _Paced(sub, transport, encode, encode if share is None else share, high)
     sub.pace()
     try:

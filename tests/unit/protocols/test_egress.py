@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from arcly.engine import Engine, Frame, FrameKind, StreamKey
 from arcly.media import flv
 from arcly.protocols import egress
@@ -120,3 +122,28 @@ async def test_coalesce_zero_writes_each_frame_as_it_is_published() -> None:
     assert len(transport.writes) == 3
     await engine.end_publish(KEY, "publisher disconnected")
     assert await asyncio.wait_for(task, 2) == "stream ended: publisher disconnected"
+
+
+async def test_the_interval_grows_with_paced_viewers_up_to_its_ceiling() -> None:
+    assert egress.interval_for(0.1, 0.3, egress.GROW_FROM) == 0.1
+    assert egress.interval_for(0.1, 0.3, egress.GROW_TO) == pytest.approx(0.3)
+    assert egress.interval_for(0.1, 0.05, 5000) == 0.1  # a ceiling under the base: fixed
+    engine = Engine()
+    handle = await engine.start_publish(KEY)
+    handle.publish_frame(video(0, key=True))
+    timer = egress.pacer(TICK, TICK * 3)
+    tasks = []
+    for count in range(egress.GROW_TO):
+        sub = await engine.subscribe(KEY)
+        tasks.append(asyncio.create_task(egress.deliver(
+            sub, FakeWriter(FakeTransport()), flv.frame_tag, stall_timeout=5,  # type: ignore[arg-type]
+            coalesce=TICK, coalesce_max=TICK * 3)))
+        if count == 0:
+            await asyncio.sleep(0)
+            assert timer.current_interval == TICK, "one viewer: the base interval"
+    await asyncio.sleep(0)
+    assert len(timer) == egress.GROW_TO
+    assert timer.current_interval == pytest.approx(TICK * 3), "a thousand: the ceiling"
+    await engine.end_publish(KEY, "publisher disconnected")
+    await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    assert len(timer) == 0

@@ -79,7 +79,8 @@ class FlvPlayback:
                                          video=gop.has_video or gop.audio_config is None))
             reason = await deliver(sub, writer, flv.frame_tag,
                                    stall_timeout=self.settings.stall_timeout,
-                                   coalesce=self.settings.write_coalesce)
+                                   coalesce=self.settings.write_coalesce,
+                                   coalesce_max=self.settings.write_coalesce_max)
             if not writer.transport.is_closing():
                 await writer.drain()
         finally:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from arcly.protocols.egress import DEFAULT_COALESCE
+from arcly.protocols.egress import DEFAULT_COALESCE, DEFAULT_COALESCE_MAX
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,3 +16,4 @@ class HttpSettings:
     stall_timeout: float = 10.0
     viewer_send_buffer: int = 256 * 1024
     write_coalesce: float = DEFAULT_COALESCE  # 0: write every frame the moment it arrives
+    write_coalesce_max: float = DEFAULT_COALESCE_MAX  # the interval's ceiling as viewers grow

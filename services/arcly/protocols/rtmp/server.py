@@ -34,7 +34,12 @@ from arcly.engine import (
     Subscription,
 )
 from arcly.media.flv import make_frame
-from arcly.protocols.egress import DEFAULT_COALESCE, deliver, limit_send_buffer
+from arcly.protocols.egress import (
+    DEFAULT_COALESCE,
+    DEFAULT_COALESCE_MAX,
+    deliver,
+    limit_send_buffer,
+)
 from arcly.protocols.listener import (
     Admission,
     Listener,
@@ -72,6 +77,7 @@ class RtmpSettings:
     viewer_send_buffer: int = 256 * 1024
     read_size: int = 256 * 1024
     write_coalesce: float = DEFAULT_COALESCE  # 0: write every frame the moment it arrives
+    write_coalesce_max: float = DEFAULT_COALESCE_MAX  # the interval's ceiling as viewers grow
 
 
 class RtmpServer(ListeningHandler):
@@ -417,7 +423,8 @@ class _Session:
             return data
 
         reason = await deliver(sub, self.writer, encode, stall_timeout=self.settings.stall_timeout,
-                               coalesce=self.settings.write_coalesce, share=enc_key)
+                               coalesce=self.settings.write_coalesce,
+                               coalesce_max=self.settings.write_coalesce_max, share=enc_key)
         sub.close(reason)
         if self.closing is None:
             if sub.stream.ended.cancelled:
