@@ -13,7 +13,14 @@ import asyncio
 import json
 from typing import Any
 
-from arcly.engine import PublishRegistry
+from arcly.engine import (
+    Action,
+    AuthError,
+    AuthRequest,
+    InvalidStreamKey,
+    PublishRegistry,
+    StreamKey,
+)
 from arcly.protocols.listener import Admission
 
 from .request import Request
@@ -100,3 +107,22 @@ def refuse_while_draining(exchange: Exchange, admission: Admission) -> bool:
         return False
     exchange.respond(503, "node is draining\n", extra={"Retry-After": "1"})
     return True
+
+
+async def authorize_play(exchange: Exchange, params: dict[str, str], protocol: str,
+                         query: dict[str, str] | None = None) -> StreamKey | None:
+    """The key named by ``params`` once the client may play it over ``protocol`` (``query``:
+    the credentials, the request's own by default); else None, the refusal sent (404 for a bad
+    key, 403 for auth)."""
+    try:
+        key = StreamKey(params["app"], params["stream"])
+        await exchange.registry.authorize(AuthRequest(
+            Action.PLAY, key, protocol, exchange.peer,
+            exchange.request.query if query is None else query))
+    except InvalidStreamKey as exc:
+        exchange.respond(404, f"{exc}\n")
+        return None
+    except AuthError as exc:
+        exchange.respond(403, f"{exc}\n")
+        return None
+    return key

@@ -7,11 +7,11 @@ part (the preload hint) is held until it exists."""
 
 from __future__ import annotations
 
-from arcly.engine import Action, AuthError, AuthRequest, InvalidStreamKey, StreamKey
+from arcly.engine import StreamKey
 from arcly.hls.service import BlockingReloadError, HlsService
 from arcly.protocols.listener import Admission
 
-from .exchange import Exchange, refuse_while_draining
+from .exchange import Exchange, authorize_play, refuse_while_draining
 from .request import quote_query
 
 
@@ -21,21 +21,10 @@ class HlsRoutes:
         self.admission = admission
 
     async def _admit(self, exchange: Exchange, params: dict[str, str]) -> StreamKey | None:
-        try:
-            key = StreamKey(params["app"], params["stream"])
-            # The credentials, without the blocking-reload position (it changes on every
-            # reload and would defeat auth caches, e.g. a webhook's).
-            query = {k: v for k, v in exchange.request.query.items()
-                     if not k.startswith("_HLS_")}
-            await exchange.registry.authorize(AuthRequest(
-                Action.PLAY, key, "hls", exchange.peer, query))
-        except InvalidStreamKey as exc:
-            exchange.respond(404, f"{exc}\n")
-            return None
-        except AuthError as exc:
-            exchange.respond(403, f"{exc}\n")
-            return None
-        return key
+        # The credentials, without the blocking-reload position (it changes on every reload
+        # and would defeat auth caches, e.g. a webhook's).
+        query = {k: v for k, v in exchange.request.query.items() if not k.startswith("_HLS_")}
+        return await authorize_play(exchange, params, "hls", query)
 
     async def playlist(self, exchange: Exchange, params: dict[str, str]) -> None:
         if refuse_while_draining(exchange, self.admission):

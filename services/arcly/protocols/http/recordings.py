@@ -31,9 +31,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from arcly.engine import (
-    Action,
-    AuthError,
-    AuthRequest,
     InvalidStreamKey,
     ProtocolError,
     StreamKey,
@@ -46,7 +43,7 @@ from arcly.recording.storage import FilesystemStorage
 from arcly.recording.vod import remux_segment, segment_sequence, vod_playlist, vod_segments
 
 from .api import ManagementApi
-from .exchange import Exchange, refuse_while_draining, response_head
+from .exchange import Exchange, authorize_play, refuse_while_draining, response_head
 from .ranges import ByteRange, RangeNotSatisfiable, parse_range
 from .request import quote_query
 from .settings import HttpSettings
@@ -195,17 +192,7 @@ class RecordingRoutes:
         if self.library is None:
             exchange.respond(404, "recording is off on this node\n")
             return None
-        try:
-            key = StreamKey(params["app"], params["stream"])
-            await exchange.registry.authorize(AuthRequest(
-                Action.PLAY, key, "playback", exchange.peer, exchange.request.query))
-        except InvalidStreamKey as exc:
-            exchange.respond(404, f"{exc}\n")
-            return None
-        except AuthError as exc:
-            exchange.respond(403, f"{exc}\n")
-            return None
-        return key
+        return await authorize_play(exchange, params, "playback")
 
     def _path(self, exchange: Exchange, name: str) -> Path | None:
         """``name`` under the recordings root; None (404 sent) when it may not be served."""
