@@ -134,8 +134,8 @@ fuzz: $(STAMP_DEV)
 	done
 
 ## Benchmarks (never part of 'make test'): results in bench/results/.
-bench: bench-streaming bench-relay bench-observer bench-registry bench-llhls bench-webrtc \
-       bench-srt
+bench: bench-streaming bench-scale bench-relay bench-observer bench-registry bench-llhls \
+       bench-webrtc bench-srt
 
 ## The peers of the fan-out/ingest benchmark: nginx-rtmp (Debian) and node-media-server (npm).
 NMS_DIR := build/bench/nms
@@ -154,6 +154,14 @@ bench-peers:
 ## peers; BENCH_STREAMING_ARGS e.g. "--viewers 200 --servers arcly,node-media-server".
 bench-streaming: tools bench-peers
 	$(PY) bench/streaming.py $(BENCH_STREAMING_ARGS)
+
+## The fan-out curve (200/1000/3000 RTMP viewers joining at 500/s, every server, 3 rounds at
+## 3000) and its chart, committed as bench/results/fanout-rtmp.png (issue 18).
+bench-scale: tools bench-peers
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) bench/streaming.py --suites fanout --protocols rtmp --viewers 200,1000,3000 \
+	  --rate 500 --out bench/results/streaming-scale.json $(BENCH_STREAMING_ARGS)
+	$(PY) bench/chart.py bench/results/streaming-scale.json bench/results/fanout-rtmp.png
 
 bench-relay: tools
 	$(PY) bench/relay.py $(BENCH_ARGS)
