@@ -134,8 +134,8 @@ fuzz: $(STAMP_DEV)
 	done
 
 ## Benchmarks (never part of 'make test'): results in bench/results/.
-bench: bench-streaming bench-scale bench-relay bench-cluster bench-observer bench-registry \
-       bench-llhls bench-webrtc bench-srt
+bench: bench-streaming bench-scale bench-hls bench-relay bench-cluster bench-observer \
+       bench-registry bench-llhls bench-webrtc bench-srt
 
 ## The peers of the fan-out/ingest benchmark: nginx-rtmp (Debian) and node-media-server (npm).
 NMS_DIR := build/bench/nms
@@ -165,6 +165,11 @@ bench-scale: tools bench-peers
 
 bench-relay: tools
 	$(PY) bench/relay.py $(BENCH_ARGS)
+
+## HLS delivery: 1000 players (playlist every target duration, each new segment once) against
+## arcly and nginx serving nginx-rtmp's HLS files (issue 18, target 5).
+bench-hls: tools bench-peers
+	$(PY) bench/hls_delivery.py $(BENCH_ARGS)
 
 ## Origin CPU per added edge (1, 2, 4 edges, 250 RTMP viewers each; issue 18, target 6).
 bench-cluster: tools
