@@ -7,7 +7,7 @@ import logging
 import signal
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from .config import EngineConfig
 from .errors import ArclyError, HandlerCrashed, StreamBusy, StreamNotFound
@@ -172,13 +172,20 @@ class Engine:
         return sub
 
     async def _pull(self, key: StreamKey) -> Stream | None:
+        return await self._open_once(key, self._open_upstream)
+
+    async def _open_once(self, key: StreamKey,
+                         opener: Callable[[StreamKey], Awaitable[Stream | None]]
+                         ) -> Stream | None:
+        """Open ``key``'s stream with ``opener`` (an upstream, an on-demand fallback) once,
+        however many subscribers ask meanwhile: the others share its outcome."""
         pending = self._pulling.get(key)
         if pending is not None:  # another subscriber is already opening it: share that
             return await asyncio.shield(pending)
         future: asyncio.Future[Stream | None] = asyncio.get_running_loop().create_future()
         self._pulling[key] = future
         try:
-            stream = await self._open_upstream(key)
+            stream = await opener(key)
             future.set_result(stream)
             return stream
         except BaseException as exc:
@@ -254,41 +261,30 @@ class Engine:
 
     async def _on_demand(self, key: StreamKey) -> Stream | None:
         """Open ``key`` on its on-demand fallback (one stream, however many ask at once)."""
-        assert self.fallback is not None
-        pending = self._pulling.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        if key in self._claiming:  # a publisher is claiming it right now
+        if key in self._claiming and key not in self._pulling:  # a publisher is claiming it
             return None
+        return await self._open_once(key, self._open_fallback)
+
+    async def _open_fallback(self, key: StreamKey) -> Stream | None:
+        assert self.fallback is not None
         source = self.fallback.fallback_for(key, on_demand=True)
         if source is None:
             return None
-        future: asyncio.Future[Stream | None] = asyncio.get_running_loop().create_future()
-        self._pulling[key] = future
+        self._claiming.add(key)
         try:
-            stream = None
-            self._claiming.add(key)
-            try:
-                token = await self.ownership.claim(key)
-            except ArclyError as exc:
-                log.info("no on-demand fallback stream=%s error=%s", key, exc)
-            else:
-                stream = self._new_stream(key, FALLBACK, _describe(source), token)
-                log.info("fallback start stream=%s source=%s on_demand=true", key,
-                         _describe(source))
-                self._feed(stream, source)
-            finally:
-                self._claiming.discard(key)
-            future.set_result(stream)
-            return stream
+            token = await self.ownership.claim(key)
         except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()
-            raise
+            await _close(source)
+            if not isinstance(exc, ArclyError):
+                raise
+            log.info("no on-demand fallback stream=%s error=%s", key, exc)
+            return None
         finally:
-            del self._pulling[key]
-            if key not in self._fallbacks:
-                await _close(source)
+            self._claiming.discard(key)
+        stream = self._new_stream(key, FALLBACK, _describe(source), token)
+        log.info("fallback start stream=%s source=%s on_demand=true", key, _describe(source))
+        self._feed(stream, source)
+        return stream
 
     def _feed(self, stream: Stream, source: MediaSource) -> None:
         stream.protocol, stream.peer = FALLBACK, _describe(source)

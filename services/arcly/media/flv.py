@@ -79,13 +79,18 @@ def parse_header(data: bytes) -> int:
     return offset + 4
 
 
+def tag_head(data: bytes | bytearray | memoryview, offset: int = 0) -> tuple[int, int, int]:
+    """The type, body size and timestamp of the tag whose 11-byte header starts at ``offset``
+    (the caller checked that the 11 bytes are there)."""
+    return (data[offset] & 0x1F, int.from_bytes(data[offset + 1:offset + 4], "big"),
+            int.from_bytes(data[offset + 4:offset + 7], "big") | (data[offset + 7] << 24))
+
+
 def parse_tags(data: bytes, offset: int = 0) -> tuple[list[Tag], int]:
     """Parse complete tags from ``data[offset:]``; return them and the offset of the rest."""
     tags = []
     while offset + 11 <= len(data):
-        tag_type = data[offset] & 0x1F
-        size = int.from_bytes(data[offset + 1:offset + 4], "big")
-        ts = int.from_bytes(data[offset + 4:offset + 7], "big") | (data[offset + 7] << 24)
+        tag_type, size, ts = tag_head(data, offset)
         end = offset + 11 + size + 4
         if end > len(data):
             break

@@ -171,12 +171,10 @@ def _retime(data: bytes, piece: Piece, out: bytearray) -> int:
     offset = 0
     base, end_ts, shift = piece.first.timestamp, piece.end_ts, piece.shift
     while offset + 11 <= len(data):
-        size = int.from_bytes(data[offset + 1:offset + 4], "big")
+        tag_type, size, ts = flv.tag_head(data, offset)
         end = offset + 15 + size
         if end > len(data):
             break
-        tag_type = data[offset] & 0x1F
-        ts = int.from_bytes(data[offset + 4:offset + 7], "big") | (data[offset + 7] << 24)
         if base <= ts < end_ts and tag_type in (flv.TAG_AUDIO, flv.TAG_VIDEO, flv.TAG_SCRIPT) \
                 and not (tag_type == flv.TAG_SCRIPT and flv.is_metadata(data[offset + 11:end])):
             out += flv.tag_header(tag_type, ts - base + shift, size)

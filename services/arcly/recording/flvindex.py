@@ -170,13 +170,11 @@ def scan(path: Path, previous: FlvIndex | None = None) -> FlvIndex:
             head = os.pread(fd, 16, offset)
             if len(head) < 11:
                 break
-            tag_type = head[0] & 0x1F
-            body_size = int.from_bytes(head[1:4], "big")
+            tag_type, body_size, timestamp = flv.tag_head(head)
             if offset + 15 + body_size > size:
                 break  # a tag still being written (or cut by a crash)
             if tag_type not in (flv.TAG_AUDIO, flv.TAG_VIDEO, flv.TAG_SCRIPT):
                 break  # not ours: the file ends here as far as playback goes
-            timestamp = int.from_bytes(head[4:7], "big") | (head[7] << 24)
             if tag_type == flv.TAG_SCRIPT:
                 if offset == data_start:
                     metadata = _metadata(fd, offset, body_size)
