@@ -34,12 +34,11 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from streaming import (
     Nginx,
+    Server,
     _client,
-    free_port,
     source,
     stop,
     tree_cpu,
-    wait_port,
 )
 
 KEY = "bench"
@@ -49,32 +48,14 @@ _LENGTH = re.compile(rb"(?i)content-length:\s*(\d+)")
 
 # --- servers ------------------------------------------------------------------------------------
 
-class HlsServer:
-    name = ""
+class HlsServer(Server):
+    """A server of streaming.py (start, stop, ports, log) that also serves HLS over HTTP."""
 
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.rtmp_port = self.http_port = 0
-
-    def command(self) -> list[str]:
-        raise NotImplementedError
+    protocols = ("rtmp", "flv")  # both ports are waited for at start (HTTP: the HLS here)
 
     @property
     def playlist(self) -> str:
         raise NotImplementedError
-
-    def start(self) -> None:
-        self.rtmp_port, self.http_port = free_port(), free_port()
-        log = open(self.workdir / f"{self.name}.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
-        wait_port(self.rtmp_port, self.proc)
-        wait_port(self.http_port, self.proc)
-
-    def stop(self) -> None:
-        stop(self.proc)
-        self.proc = None
 
 
 class ArclyHls(HlsServer):
@@ -250,13 +231,12 @@ def run(server: HlsServer, clients: int, src: Path, opts: argparse.Namespace) ->
              "--playlist", server.playlist, "--count", str(clients), "--rate", str(opts.rate),
              "--settle", str(opts.settle), "--window", str(opts.window)],
             stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, start_new_session=True)
-        assert server.proc is not None
         marks: dict[str, Any] = {}
         assert players.stdout is not None
         for line in players.stdout:
             event = json.loads(line)
             if event["event"] in ("window_start", "window_end"):
-                event["server_cpu"] = tree_cpu(server.proc.pid)
+                event["server_cpu"] = tree_cpu(server.pid)
                 event["t"] = time.monotonic()
             marks[event["event"]] = event
             if event["event"] == "summary":
