@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .frame import Frame, FrameKind
+from .frame import AUDIO, VIDEO, Frame
 
 
 class GopCache:
@@ -37,26 +37,26 @@ class GopCache:
     def add(self, frame: Frame) -> None:
         kind = frame.kind
         if frame.config:
-            if kind is FrameKind.VIDEO:
+            if kind is VIDEO:
                 self.video_config = frame
                 self.has_video = True
-            elif kind is FrameKind.AUDIO:
+            elif kind is AUDIO:
                 self.audio_config = frame
             else:
                 self.metadata = frame
             return
-        if kind is FrameKind.VIDEO:
+        if kind is VIDEO:
             self.has_video = True
             if frame.keyframe:
                 self.frames = [frame]
-                self.bytes = frame.size
+                self.bytes = len(frame.payload)
                 self.overflowed = False
                 return
         if self.overflowed or not self.frames:
             # Nothing to attach to until a keyframe opens a GOP.
             return
         self.frames.append(frame)
-        self.bytes += frame.size
+        self.bytes += len(frame.payload)
         if len(self.frames) > self.max_frames or self.bytes > self.max_bytes:
             self.frames = []
             self.bytes = 0

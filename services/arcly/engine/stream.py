@@ -208,7 +208,7 @@ class Stream:
             mark = self.timeline.mark(frame)
             if mark is not None:
                 # Stamped once, before any viewer can see the frame; immutable from here on.
-                object.__setattr__(frame, "mark", mark)
+                frame.mark = mark
         self.gop.add(frame)
         if self._paced:
             log = self.log

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .frame import Frame, FrameKind
+from .frame import DATA, VIDEO, Frame, FrameKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +115,8 @@ class Timeline:
         points, text) and configuration only take the current mark; a configuration that
         differs from the one before it starts a new segment at the next keyframe (a segment
         never spans a codec change, so its init segment describes all of it)."""
-        if frame.config or frame.kind is FrameKind.DATA:
-            if frame.config and frame.kind is not FrameKind.DATA:
+        if frame.config or frame.kind is DATA:
+            if frame.config and frame.kind is not DATA:
                 previous = self._configs.get(frame.kind)
                 if previous is not None and previous != frame.payload:
                     self._reconfigured = True
@@ -131,23 +131,20 @@ class Timeline:
             elif self._part_ms:
                 self._gap = max(min(ts - last, self._part_ms // 2), self._gap - 1, 0)
         self._last_ts = ts
-        key = frame.kind is FrameKind.VIDEO and frame.keyframe
+        key = frame.kind is VIDEO and frame.keyframe
         mark = self._mark
         if key and (mark is None or self._jumped or self._reconfigured
                     or ts - mark.start >= self._target_ms * 3 // 4):
             self._open(ts, discontinuity=self._jumped or (self._first and
                                                           self._state.next_sequence > 0))
-        elif mark is not None and self._part_ms and (jump or self._part_full(mark, ts, key)):
-            self._mark = SegmentMark(mark.sequence, mark.discontinuity, mark.start,
-                                     mark.session, mark.part + 1, ts, key)
+        elif mark is not None and self._part_ms:
+            # Does this frame start the next part? (See the rules above.)
+            into = ts - mark.part_start
+            if jump or (into > 0 and (into + self._gap > self._part_ms
+                                      or (key and 2 * into >= self._part_ms))):
+                self._mark = SegmentMark(mark.sequence, mark.discontinuity, mark.start,
+                                         mark.session, mark.part + 1, ts, key)
         return self._mark
-
-    def _part_full(self, mark: SegmentMark, ts: int, key: bool) -> bool:
-        """Whether a frame at ``ts`` starts the next part (see the rules above)."""
-        into = ts - mark.part_start
-        if into <= 0:
-            return False
-        return into + self._gap > self._part_ms or (key and 2 * into >= self._part_ms)
 
     def _open(self, ts: int, *, discontinuity: bool) -> None:
         state = self._state

@@ -11,7 +11,7 @@ import struct
 from dataclasses import dataclass
 
 from arcly.engine.errors import ProtocolError
-from arcly.engine.frame import Frame, FrameKind
+from arcly.engine.frame import AUDIO, VIDEO, Frame, FrameKind
 
 TAG_AUDIO = 8
 TAG_VIDEO = 9
@@ -136,10 +136,10 @@ def is_audio_config(body: bytes) -> bool:
 
 def make_frame(kind: FrameKind, timestamp: int, body: bytes) -> Frame:
     """Classify an FLV tag body into a ``Frame`` (keyframe / configuration flags)."""
-    if kind is FrameKind.VIDEO:
+    if kind is VIDEO:
         return Frame(kind, timestamp, body, keyframe=is_video_keyframe(body),
                      config=is_video_config(body))
-    if kind is FrameKind.AUDIO:
+    if kind is AUDIO:
         return Frame(kind, timestamp, body, config=is_audio_config(body))
     return Frame(kind, timestamp, body, config=is_metadata(body))
 

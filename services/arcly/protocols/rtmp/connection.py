@@ -54,6 +54,9 @@ SET_DATA_FRAME = amf0.encode("@setDataFrame")
 MAX_STREAMS = 16
 
 
+_MEDIA_KIND = {chunk.AUDIO: FrameKind.AUDIO, chunk.VIDEO: FrameKind.VIDEO}
+
+
 class State(enum.Enum):
     HANDSHAKE = "handshake"
     AWAIT_C2 = "await-c2"
@@ -151,8 +154,14 @@ class RtmpConnection:
     def _receive_chunks(self, data: bytes) -> list[Event]:
         self.received += len(data)
         events: list[Event] = []
+        publishing = self.publishing
         for msg in self.decoder.feed(data):
-            self._dispatch(msg, events)
+            kind = _MEDIA_KIND.get(msg.type_id)
+            if kind is not None and msg.stream_id in publishing:
+                # Audio and video of a publish: the bulk of all messages, no call more.
+                events.append(MediaReceived(msg.stream_id, kind, msg.timestamp, msg.payload))
+            else:
+                self._dispatch(msg, events)
         if self.peer_window and self.received - self.last_ack_sent >= self.peer_window:
             self.last_ack_sent = self.received
             self._control(chunk.ACK, struct.pack(">I", self.received & 0xFFFFFFFF))

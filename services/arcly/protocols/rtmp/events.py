@@ -8,9 +8,10 @@ from typing import Any
 from arcly.engine.frame import FrameKind
 
 
-@dataclass(frozen=True, slots=True)
 class Event:
     """Base of every RTMP event."""
+
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +53,7 @@ class StreamClosed(Event):
     command: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per media message, and frozen costs 3x
 class MediaReceived(Event):
     """Audio, video or data for a publishing message stream (``@setDataFrame`` unwrapped,
     aggregates split)."""
