@@ -23,6 +23,7 @@ from arcly.engine import EngineConfig
 from arcly.hls.service import HlsSettings, HlsVariant
 from arcly.protocols.egress import DEFAULT_COALESCE, DEFAULT_COALESCE_MAX
 from arcly.protocols.listener import Limits
+from arcly.protocols.readmerge import DEFAULT_READ_MERGE_MAX
 from arcly.protocols.rtmp import RtmpSettings
 from arcly.protocols.srt.settings import SrtSettings, check_passphrase
 from arcly.protocols.webrtc.settings import (
@@ -119,6 +120,7 @@ class NodeConfig:
     command_timeout: float = _RTMP.command_timeout
     write_coalesce_ms: float = DEFAULT_COALESCE * 1000
     write_coalesce_max_ms: float = DEFAULT_COALESCE_MAX * 1000
+    read_merge_max_ms: float = DEFAULT_READ_MERGE_MAX * 1000
     metrics: bool = True
     metrics_listen: Address | None = None
     webrtc: bool = _WEBRTC.enabled
@@ -355,6 +357,9 @@ _OPTIONS: list[tuple[str, object, str]] = [
     ("--write-coalesce-max-ms", _non_negative_float,
      "the merge interval grows with the node's paced viewers up to this many ms (from "
      "--write-coalesce-ms up to 100 viewers to this at 1000; at most --write-coalesce-ms: fixed)"),
+    ("--read-merge-max-ms", _non_negative_float,
+     "on a node with 20+ RTMP publishers, read each publisher at most once per interval: 20 ms "
+     "at 20 publishers up to this many ms at 100 (0: read every frame at once)"),
     ("--metrics", _bool, "serve Prometheus metrics at /metrics (--no-metrics to turn off)"),
     ("--metrics-listen", _address,
      "serve /metrics on this HOST:PORT instead of the HTTP port (keeps it off public Services)"),

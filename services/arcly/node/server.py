@@ -306,7 +306,8 @@ def _handlers(node: _Node, engine: Engine,
                      handshake_timeout=config.handshake_timeout,
                      command_timeout=config.command_timeout,
                      write_coalesce=config.write_coalesce_ms / 1000,
-                     write_coalesce_max=config.write_coalesce_max_ms / 1000),
+                     write_coalesce_max=config.write_coalesce_max_ms / 1000,
+                     read_merge_max=config.read_merge_max_ms / 1000),
         admission=node.admission, observer=engine.observer)]
     handlers += [h for h in (node.hls, node.recorder) if h is not None]
     http_settings = HttpSettings(header_timeout=config.handshake_timeout,

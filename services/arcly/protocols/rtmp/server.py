@@ -47,6 +47,7 @@ from arcly.protocols.listener import (
     close_writer,
     peer_name,
 )
+from arcly.protocols.readmerge import DEFAULT_READ_MERGE_MAX, MERGE_BELOW, ReadMerger
 
 from .chunk import DEFAULT_MAX_MESSAGE_SIZE
 from .connection import OUT_CHUNK_SIZE, RtmpConnection, State, media_chunks
@@ -78,6 +79,7 @@ class RtmpSettings:
     read_size: int = 256 * 1024
     write_coalesce: float = DEFAULT_COALESCE  # 0: write every frame the moment it arrives
     write_coalesce_max: float = DEFAULT_COALESCE_MAX  # the interval's ceiling as viewers grow
+    read_merge_max: float = DEFAULT_READ_MERGE_MAX  # publishers' read interval ceiling; 0: off
 
 
 class RtmpServer(ListeningHandler):
@@ -94,6 +96,7 @@ class RtmpServer(ListeningHandler):
                                  read_limit=self.settings.read_size,
                                  backlog=self.admission.limits.listen_backlog)
         self._sessions: set[_Session] = set()
+        self.merger = ReadMerger(self.settings.read_merge_max)
 
     async def run(self, registry: PublishRegistry, shutdown: ShutdownToken) -> None:
         async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -118,8 +121,10 @@ class _PublishPath(asyncio.Protocol):
     protocol it replaced, so the session's writer keeps working and closing as before."""
 
     def __init__(self, session: _Session, previous: asyncio.BaseProtocol,
-                 loop: asyncio.AbstractEventLoop) -> None:
+                 loop: asyncio.AbstractEventLoop, transport: asyncio.Transport) -> None:
         self.session = session
+        self.transport = transport
+        self.merger = session.server.merger
         self.clock = loop.time  # not asyncio.get_running_loop() per read: it calls getpid()
         self.previous = previous
         self.events: list[Event] = []  # for the session task, in order
@@ -143,17 +148,29 @@ class _PublishPath(asyncio.Protocol):
             self.error = exc
             self._wake()
             return
+        publishing = session.publishing
         for index, event in enumerate(events):
             if type(event) is not MediaReceived or self.events:
                 # Not media: the rest of this batch waits for the session task, in order.
                 self.events.extend(events[index:])
-                cast(asyncio.Transport, session.writer.transport).pause_reading()
+                self.transport.pause_reading()
                 self._wake()
                 break
-            if not session._publish_media(event):
+            entry = publishing.get(event.stream_id)
+            if entry is not None and not entry[1].publish_frame(
+                    make_frame(event.kind, event.timestamp, event.payload)):
+                session.closing = f"publish ended: {entry[1].end_reason}"
                 self._wake()
                 return
         session._flush()  # acknowledgements
+        if self.merger.interval and len(data) < MERGE_BELOW and not self.events:
+            self.merger.hold(self.transport, self._resume)
+
+    def _resume(self) -> None:
+        """The merger's tick: read again, unless the session task holds reading paused (its
+        events come first) or the connection is going."""
+        if not self.events and not self.lost and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def eof_received(self) -> bool:
         self.lost = True
@@ -252,45 +269,50 @@ class _Session:
         handed to this task, in order, with reading paused until it is handled."""
         loop = asyncio.get_running_loop()
         transport = cast(asyncio.Transport, self.writer.transport)  # a socket: reads and writes
-        fast = _PublishPath(self, transport.get_protocol(), loop)
-        # What the StreamReader already holds comes first. (asyncio has no public way to
-        # take a StreamReader's buffer; its ``_buffer`` is a bytearray in every version.)
-        buffered: bytearray = getattr(self.reader, "_buffer", bytearray())
-        leftover, at_eof = bytes(buffered), self.reader.at_eof()
-        buffered.clear()
-        transport.set_protocol(fast)
-        if leftover:
-            fast.data_received(leftover)
-        if at_eof or transport.is_closing():
-            fast.lost = True
-        elif not transport.is_reading() and not fast.events:
-            transport.resume_reading()  # the StreamReader may have paused it
-        idle = self.settings.publish_idle_timeout
-        while self.closing is None:
-            if fast.error is not None:
-                raise fast.error
-            if fast.events:
-                events, fast.events = fast.events, []
-                await self._process(events)
-                self._flush()
-                if self.closing is None and not transport.is_closing():
-                    transport.resume_reading()
-                continue
-            if fast.lost:
-                return
-            due = (fast.last_data + idle if self.publishing
-                   else self.commands_since + self.settings.command_timeout)
-            if loop.time() >= due:
-                raise TimeoutError
-            fast.wake = loop.create_future()
-            try:
-                # One timer per wake-up, and wake-ups are rare: events, the end, the deadline.
-                async with asyncio.timeout_at(due):
-                    await fast.wake
-            except TimeoutError:
-                continue  # data may have arrived meanwhile: the deadline is checked above
-            finally:
-                fast.wake = None
+        fast = _PublishPath(self, transport.get_protocol(), loop, transport)
+        merger = self.server.merger
+        merger.joined()
+        try:
+            # What the StreamReader already holds comes first. (asyncio has no public way to
+            # take a StreamReader's buffer; its ``_buffer`` is a bytearray in every version.)
+            buffered: bytearray = getattr(self.reader, "_buffer", bytearray())
+            leftover, at_eof = bytes(buffered), self.reader.at_eof()
+            buffered.clear()
+            transport.set_protocol(fast)
+            if leftover:
+                fast.data_received(leftover)
+            if at_eof or transport.is_closing():
+                fast.lost = True
+            elif not transport.is_reading() and not fast.events:
+                transport.resume_reading()  # the StreamReader may have paused it
+            idle = self.settings.publish_idle_timeout
+            while self.closing is None:
+                if fast.error is not None:
+                    raise fast.error
+                if fast.events:
+                    events, fast.events = fast.events, []
+                    await self._process(events)
+                    self._flush()
+                    if self.closing is None and not transport.is_closing():
+                        transport.resume_reading()
+                    continue
+                if fast.lost:
+                    return
+                due = (fast.last_data + idle if self.publishing
+                       else self.commands_since + self.settings.command_timeout)
+                if loop.time() >= due:
+                    raise TimeoutError
+                fast.wake = loop.create_future()
+                try:
+                    # One timer per wake-up, and wake-ups are rare: events, the end, the deadline.
+                    async with asyncio.timeout_at(due):
+                        await fast.wake
+                except TimeoutError:
+                    continue  # data may have arrived meanwhile: the deadline is checked above
+                finally:
+                    fast.wake = None
+        finally:
+            merger.left()
 
     def _publish_media(self, event: MediaReceived) -> bool:
         """Hand a media message to the kernel; False when the publish ended."""
