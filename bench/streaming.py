@@ -133,6 +133,7 @@ def stop(proc: subprocess.Popen[Any] | None, timeout: float = 10.0) -> None:
 class Server:
     name = ""
     protocols: tuple[str, ...] = ("rtmp", "flv")
+    suites: tuple[str, ...] = ("fanout", "ingest")
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
@@ -200,6 +201,7 @@ class ArclyLowLatency(Arcly):
     costs (a row of its own; the targets are checked on the default)."""
 
     name = "arcly-20ms"
+    suites = ("fanout",)  # write coalescing plays no part in ingest
 
     def command(self) -> list[str]:
         return [*super().command(), "--write-coalesce-ms", "20"]
@@ -210,9 +212,21 @@ class ArclyFixedInterval(Arcly):
     number of viewers): what that lever buys (a row of its own)."""
 
     name = "arcly-fixed"
+    suites = ("fanout",)
 
     def command(self) -> list[str]:
         return [*super().command(), "--write-coalesce-max-ms", "100"]
+
+
+class ArclyUnmerged(Arcly):
+    """arcly reading every publisher's frames at once (``--read-merge-max-ms 0``, no merged
+    reads): what that lever buys on ingest (a row of its own)."""
+
+    name = "arcly-unmerged"
+    suites = ("ingest",)
+
+    def command(self) -> list[str]:
+        return [*super().command(), "--read-merge-max-ms", "0"]
 
 
 class Nginx(Server):
@@ -260,6 +274,7 @@ class NodeMediaServer(Server):
 
 SERVERS: dict[str, type[Server]] = {"arcly": Arcly, "arcly-20ms": ArclyLowLatency,
                                     "arcly-fixed": ArclyFixedInterval,
+                                    "arcly-unmerged": ArclyUnmerged,
                                     "nginx-rtmp": Nginx, "node-media-server": NodeMediaServer}
 
 
@@ -507,11 +522,19 @@ def targets(results: list[Result]) -> list[dict[str, Any]]:
     counts = sorted({c for (s, k, c) in by if k == "ingest" and s == "arcly"})
     if counts:
         n = max(counts)
+        mine = by[("arcly", "ingest", n)]
         nms = by.get(("node-media-server", "ingest", n))
         if nms:
             check(f"ingest n={n} CPU/GB vs node-media-server",
-                  _ratio(by[("arcly", "ingest", n)]["cpu_s_per_gb"], nms["cpu_s_per_gb"]),
-                  1.0, "x")
+                  _ratio(mine["cpu_s_per_gb"], nms["cpu_s_per_gb"]), 1.0, "x")
+        ngx = by.get(("nginx-rtmp", "ingest", n))
+        if ngx:  # issue 18, target 4
+            check(f"ingest n={n} CPU/GB vs nginx-rtmp (issue 18)",
+                  _ratio(mine["cpu_s_per_gb"], ngx["cpu_s_per_gb"]), 1.5, "x")
+            pairs = zip(mine.get("cpu_s_per_gb_rounds", [mine["cpu_s_per_gb"]]),
+                        ngx.get("cpu_s_per_gb_rounds", [ngx["cpu_s_per_gb"]]), strict=False)
+            worst = max((_ratio(a, b) or float("inf") for a, b in pairs), default=None)
+            print(f"ingest n={n} worst round vs nginx-rtmp: {worst}x")
     return checks
 
 
@@ -527,7 +550,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
-    parser.add_argument("--servers", default="arcly,arcly-20ms,nginx-rtmp,node-media-server")
+    parser.add_argument("--servers", default="arcly,arcly-20ms,arcly-unmerged,nginx-rtmp,"
+                                             "node-media-server")
     parser.add_argument("--protocols", default="rtmp,flv")
     parser.add_argument("--viewers", default="1,200,1000")
     parser.add_argument("--publishers", default="1,20,100")
@@ -561,15 +585,14 @@ def main() -> None:
                 levels = [int(n) for n in opts.viewers.split(",")]
                 for viewers in levels:
                     results += _level(
-                        [c for c in servers if protocol in c.protocols],
+                        [c for c in servers if protocol in c.protocols and "fanout" in c.suites],
                         lambda cls, n=viewers, p=protocol: fanout(cls(work), p, n, src, opts),
                         opts.repeat if viewers == max(levels) else 1)
         if "ingest" in suites:
             levels = [int(n) for n in opts.publishers.split(",")]
             for publishers in levels:
-                # write coalescing plays no part in ingest: no arcly-20ms row
                 results += _level(
-                    [c for c in servers if c not in (ArclyLowLatency, ArclyFixedInterval)],
+                    [c for c in servers if "ingest" in c.suites],
                     lambda cls, n=publishers: ingest(cls(work), n, src, opts),
                     opts.repeat if publishers == max(levels) else 1)
     ratios = report(results)
