@@ -129,7 +129,14 @@ class Timeline:
             if ts < last - 1000 or ts - last > self._jump_ms:
                 self._jumped = jump = True
             elif self._part_ms:
-                self._gap = max(min(ts - last, self._part_ms // 2), self._gap - 1, 0)
+                # max(min(gap, part / 2), previous - 1, 0), without three builtin calls
+                gap = ts - last
+                if gap > self._part_ms // 2:  # noqa: PLR1730 (per frame: no builtin call)
+                    gap = self._part_ms // 2
+                decayed = self._gap - 1
+                if decayed > gap:  # noqa: PLR1730
+                    gap = decayed
+                self._gap = gap if gap > 0 else 0
         self._last_ts = ts
         key = frame.kind is VIDEO and frame.keyframe
         mark = self._mark
