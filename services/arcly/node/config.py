@@ -358,8 +358,8 @@ _OPTIONS: list[tuple[str, object, str]] = [
      "the merge interval grows with the node's paced viewers up to this many ms (from "
      "--write-coalesce-ms up to 100 viewers to this at 1000; at most --write-coalesce-ms: fixed)"),
     ("--read-merge-max-ms", _non_negative_float,
-     "on a node with 20+ RTMP publishers, read each publisher at most once per interval: 20 ms "
-     "at 20 publishers up to this many ms at 100 (0: read every frame at once)"),
+     "on a node with 20+ RTMP publishers, read each publisher at most once per interval: at "
+     "least 20 ms, growing to this many ms at 100 publishers (0: read every frame at once)"),
     ("--metrics", _bool, "serve Prometheus metrics at /metrics (--no-metrics to turn off)"),
     ("--metrics-listen", _address,
      "serve /metrics on this HOST:PORT instead of the HTTP port (keeps it off public Services)"),

@@ -10,16 +10,19 @@ ingest of 100 publishers): about half the node's CPU per ingested GB. What it co
 frame reaches viewers up to one interval later.
 
 The interval grows with the publishers on the listener: none below ``MERGE_FROM`` (a small
-node reads at once), then from ``MERGE_MIN`` to the ceiling (``--read-merge-max-ms``) at
-``MERGE_TO``. A read of ``MERGE_BELOW`` bytes or more is never held (a high-bitrate publisher
-whose backlog one read did not drain goes on being read), and nothing is held before the
-publish started.
+node reads at once), then ``ceiling x (publishers - MERGE_FROM) / (MERGE_TO - MERGE_FROM)``
+but at least ``MERGE_MIN``, reaching the ceiling (``--read-merge-max-ms``) at ``MERGE_TO``. A
+read of ``MERGE_BELOW`` bytes or more is never held (a high-bitrate publisher whose backlog one
+read did not drain goes on being read), and nothing is held before the publish started.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
+
+log = logging.getLogger("arcly.rtmp")
 
 DEFAULT_READ_MERGE_MAX = 0.100  # the interval's ceiling (s); SRS's merged read defaults to 350 ms
 MERGE_FROM = 20  # publishers from which reads are merged ...
@@ -84,4 +87,7 @@ class ReadMerger:
             self._timer = None
         held, self._held = self._held, []
         for resume in held:
-            resume()
+            try:
+                resume()
+            except Exception:  # one connection's failure must not leave the others paused
+                log.exception("read merge: resuming a publisher failed")

@@ -128,6 +128,9 @@ class _PublishPath(asyncio.Protocol):
         self.clock = loop.time  # not asyncio.get_running_loop() per read: it calls getpid()
         self.previous = previous
         self.events: list[Event] = []  # for the session task, in order
+        # Reading is paused until the session task has handled ``events`` (a merger's tick
+        # must not resume it meanwhile: the task empties ``events`` before it handles them).
+        self.task_paused = False
         self.wake: asyncio.Future[None] | None = None
         self.error: ProtocolError | None = None
         self.lost = False
@@ -153,6 +156,7 @@ class _PublishPath(asyncio.Protocol):
             if type(event) is not MediaReceived or self.events:
                 # Not media: the rest of this batch waits for the session task, in order.
                 self.events.extend(events[index:])
+                self.task_paused = True
                 self.transport.pause_reading()
                 self._wake()
                 break
@@ -169,7 +173,7 @@ class _PublishPath(asyncio.Protocol):
     def _resume(self) -> None:
         """The merger's tick: read again, unless the session task holds reading paused (its
         events come first) or the connection is going."""
-        if not self.events and not self.lost and not self.transport.is_closing():
+        if not self.task_paused and not self.lost and not self.transport.is_closing():
             self.transport.resume_reading()
 
     def eof_received(self) -> bool:
@@ -293,8 +297,10 @@ class _Session:
                     events, fast.events = fast.events, []
                     await self._process(events)
                     self._flush()
-                    if self.closing is None and not transport.is_closing():
-                        transport.resume_reading()
+                    if not fast.events:  # else more came meanwhile: reading stays paused
+                        fast.task_paused = False
+                        if self.closing is None and not transport.is_closing():
+                            transport.resume_reading()
                     continue
                 if fast.lost:
                     return
