@@ -96,7 +96,7 @@ test: tools
 	@$(MAKE) --no-print-directory browser
 	@$(MAKE) --no-print-directory prometheus
 	@$(MAKE) --no-print-directory srt
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest --durations=15 $(PYTEST_ARGS)
 
 ## Regenerate the relay's protobuf messages (committed; 'make proto-check' fails when they are
 ## stale). No generated gRPC service stubs: the relay server answers with frames serialized once

@@ -51,13 +51,13 @@ def test_hls_plays_in_ffmpeg_and_follows_the_rules(
     assert (codecs["h264"]["width"], codecs["h264"]["height"]) == (WIDTH, HEIGHT)
 
     decode = subprocess.run(
-        [ffmpeg, "-hide_banner", "-v", "error", "-i", f"{base}/index.m3u8", "-t", "10",
+        [ffmpeg, "-hide_banner", "-v", "error", "-i", f"{base}/index.m3u8", "-t", "6",
          "-f", "null", "-", "-progress", "pipe:1", "-nostats"],
         capture_output=True, text=True, timeout=90)
     assert decode.returncode == 0, decode.stderr
     assert decode.stderr.strip() == "", "no decode errors"
     out_time = [line for line in decode.stdout.splitlines() if line.startswith("out_time_us=")]
-    assert int(out_time[-1].split("=")[1]) >= 9_900_000, "decoded at least 10 s"
+    assert int(out_time[-1].split("=")[1]) >= 5_900_000, "decoded 6 s (three segments)"
 
     playlist = m3u8.loads(fetch(f"{base}/index.m3u8")[2].decode())
     assert playlist.segments and not playlist.is_endlist
