@@ -15,6 +15,8 @@ from arcly.media import amf0
 from arcly.media.flv import make_frame
 from arcly.protocols.http import HttpServer
 from arcly.protocols.http.router import NotAllowed, Resolved, Router
+from arcly.protocols.http.server import SWEEP
+from arcly.protocols.http.settings import HttpSettings
 from arcly.protocols.listener import Admission
 
 KEY = StreamKey("live", "cam")
@@ -262,3 +264,42 @@ async def test_shutdown_closes_kept_alive_connections_between_requests() -> None
         await asyncio.wait_for(serving, 5)
     finally:
         writer.close()
+
+
+async def test_a_late_head_gets_408_and_an_idle_kept_alive_connection_is_closed() -> None:
+    engine = Engine(EngineConfig(idle_timeout=None))
+    server = HttpServer("127.0.0.1", 0, HttpSettings(header_timeout=0.5, keepalive_timeout=1.0),
+                        engine=engine, admission=Admission())
+    token = ShutdownToken()
+    serving = asyncio.create_task(engine.serve([server], token))
+    await asyncio.wait_for(server.listener.ready.wait(), 10)
+    port = server.listener.addresses[0][1]
+    loop = asyncio.get_running_loop()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\n")  # and never the blank line
+        started = loop.time()
+        answer = await asyncio.wait_for(reader.read(), 5)
+        took = loop.time() - started
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:40]
+        assert 0.45 <= took <= 0.5 + SWEEP + 0.5, took
+        writer.close()
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await _exchange(reader, writer, "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        started = loop.time()  # kept alive, then nothing: closed quietly after 1 s
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        took = loop.time() - started
+        assert 0.95 <= took <= 1.0 + SWEEP + 0.5, took
+        writer.close()
+
+        # A request that comes in time is served, however many came before it.
+        assert (await _request(port, "GET", "/healthz")).status == 200
+        for _ in range(100):  # that client closed: the server stops waiting for its next one
+            if not server._waiting:
+                break
+            await asyncio.sleep(0.02)
+        assert not server._waiting, "no deadline outlives its connection"
+    finally:
+        token.cancel()
+        await asyncio.wait_for(serving, 10)

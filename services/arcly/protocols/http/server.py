@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # aiortc is imported only by nodes that serve WebRTC
     from arcly.recording import RecordingManager
 
 log = logging.getLogger("arcly.http")
+SWEEP = 0.25  # seconds between looks for late request heads (timeouts are kept to this)
 
 _PREFLIGHT = {"Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",
               "Access-Control-Allow-Headers": "*"}
@@ -79,7 +80,10 @@ class HttpServer(ListeningHandler):
         self.recordings = recordings  # recording playback (origins and single nodes)
         self.recorded = RecordingRoutes(recordings, self.api, self.settings, self.admission)
         self.pages = Pages(low_latency=hls is not None and hls.low_latency)
-        self._idle: set[asyncio.StreamWriter] = set()  # kept-alive, waiting for a request
+        # Connections waiting for a request head: its deadline, and whether the connection is
+        # kept-alive between requests (idle: closed quietly at the deadline, and at shutdown).
+        # One sweep closes the late ones (see ``_sweep``), not a timer per request.
+        self._waiting: dict[asyncio.StreamWriter, tuple[float, bool]] = {}
         self.router = self._routes()
 
     def _routes(self) -> Router:
@@ -122,10 +126,31 @@ class HttpServer(ListeningHandler):
             self.flv.close_all(CloseReason.SHUTDOWN)
             if self.webrtc is not None:
                 await self.webrtc.close_all(CloseReason.SHUTDOWN)
-            for writer in list(self._idle):  # kept-alive connections between requests
-                writer.close()
+            for writer, (_, idle) in list(self._waiting.items()):
+                if idle:  # kept-alive connections between requests
+                    writer.close()
 
-        await self.listener.serve(on_client, shutdown, goodbye=goodbye)
+        sweeper = asyncio.create_task(self._sweep(), name=f"arcly-{self.name}-deadlines")
+        try:
+            await self.listener.serve(on_client, shutdown, goodbye=goodbye)
+        finally:
+            sweeper.cancel()
+
+    async def _sweep(self) -> None:
+        """Close the connections whose request head is late: a 408 first unless the connection
+        was idle between requests (their reads then end). Every ``SWEEP`` seconds: a deadline
+        is kept to within that, and a request costs a dict entry instead of a timer."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(SWEEP)
+            now = loop.time()
+            late = [(w, idle) for w, (due, idle) in self._waiting.items() if due <= now]
+            for writer, idle in late:
+                del self._waiting[writer]
+                if not writer.transport.is_closing():
+                    if not idle:
+                        writer.write(response(408, "request timeout\n"))
+                    writer.close()
 
     async def _handle(self, registry: PublishRegistry, reader: asyncio.StreamReader,
                       writer: asyncio.StreamWriter) -> None:
@@ -142,9 +167,12 @@ class HttpServer(ListeningHandler):
                 await self._dispatch(exchange)
                 if not exchange.keep_alive or self.listener.stopping:
                     break
-                # A client that sends requests but does not read the answers is cut.
-                async with asyncio.timeout(self.settings.stall_timeout):
-                    await writer.drain()
+                # A client that sends requests but does not read the answers is cut. (Most
+                # answers fit the socket: no wait, and no timer to arm.)
+                transport = writer.transport
+                if transport.get_write_buffer_size() > transport.get_write_buffer_limits()[0]:
+                    async with asyncio.timeout(self.settings.stall_timeout):
+                        await writer.drain()
         except (ConnectionError, OSError, TimeoutError):
             pass
         except Exception:  # a bug in a handler: say so and close; the node goes on
@@ -172,23 +200,18 @@ class HttpServer(ListeningHandler):
         """The request head, or None once the client got its error (or went away). ``idle``:
         a kept-alive connection waiting for its next request (closed quietly when none comes
         within ``keepalive_timeout``, or when the node stops)."""
-        if idle:
-            self._idle.add(writer)
+        self._waiting[writer] = (asyncio.get_running_loop().time()
+                                 + (self.settings.keepalive_timeout if idle
+                                    else self.settings.header_timeout), idle)
         try:
-            async with asyncio.timeout(self.settings.keepalive_timeout if idle
-                                       else self.settings.header_timeout):
-                head = await reader.readuntil(b"\r\n\r\n")
+            head = await reader.readuntil(b"\r\n\r\n")
         except asyncio.LimitOverrunError:
             writer.write(response(431, "request head too large\n"))
             return None
-        except asyncio.IncompleteReadError:
-            return None
-        except TimeoutError:
-            if not idle:
-                writer.write(response(408, "request timeout\n"))
+        except asyncio.IncompleteReadError:  # the peer went, or the sweep closed it (late)
             return None
         finally:
-            self._idle.discard(writer)
+            self._waiting.pop(writer, None)
         try:
             return parse_request(head[:-4])
         except ProtocolError as exc:
