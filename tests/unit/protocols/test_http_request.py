@@ -21,6 +21,8 @@ def test_parses_a_flv_request() -> None:
     b"GET /x HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 0",
     b"GET /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\ntransfer-encoding: identity",
     b"GET /x HTTP/1.1\r\nHost: a\r\nHost: b", b"GET /x HTTP/1.1\r\nX-A: 1\x00",
+    b"GET /a%aa HTTP/1.1", b"GET /x HTTP/1.1\r\nX A: 1", b"GET /x HTTP/1.1\r\n X-A: 1",
+    b"GET /x\x7f HTTP/1.1", b"GET /x HTTP/1.1\r\nX-A: a\rb",
 ])
 def test_malformed_heads_are_refused(head: bytes) -> None:
     with pytest.raises(ProtocolError):
