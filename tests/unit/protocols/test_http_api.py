@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -301,5 +302,36 @@ async def test_a_late_head_gets_408_and_an_idle_kept_alive_connection_is_closed(
             await asyncio.sleep(0.02)
         assert not server._waiting, "no deadline outlives its connection"
     finally:
+        token.cancel()
+        await asyncio.wait_for(serving, 10)
+
+
+async def test_a_kept_alive_client_that_never_reads_is_still_cut_at_its_deadline() -> None:
+    # Pipelined requests whose answers the client never reads: the socket's buffers fill and
+    # the transport holds the rest, so a plain close (which waits for unsent bytes) would keep
+    # the connection, and its admission slot, for ever.
+    engine = Engine(EngineConfig(idle_timeout=None))
+    admission = Admission()
+    server = HttpServer("127.0.0.1", 0, HttpSettings(header_timeout=0.5, keepalive_timeout=0.5),
+                        engine=engine, admission=admission)
+    token = ShutdownToken()
+    serving = asyncio.create_task(engine.serve([server], token))
+    await asyncio.wait_for(server.listener.ready.wait(), 10)
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, ("127.0.0.1", server.listener.addresses[0][1]))
+        await loop.sock_sendall(sock, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n" * 400)
+        await asyncio.sleep(0.3)
+        assert admission.connections == 1
+        for _ in range(60):  # keep-alive 0.5 s, the sweep, then close_writer's grace
+            if admission.connections == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert admission.connections == 0, "the connection outlived its deadline"
+    finally:
+        sock.close()
         token.cancel()
         await asyncio.wait_for(serving, 10)

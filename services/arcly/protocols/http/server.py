@@ -83,7 +83,8 @@ class HttpServer(ListeningHandler):
         # Connections waiting for a request head: its deadline, and whether the connection is
         # kept-alive between requests (idle: closed quietly at the deadline, and at shutdown).
         # One sweep closes the late ones (see ``_sweep``), not a timer per request.
-        self._waiting: dict[asyncio.StreamWriter, tuple[float, bool]] = {}
+        self._waiting: dict[asyncio.StreamWriter,
+                            tuple[float, bool, asyncio.StreamReader]] = {}
         self.router = self._routes()
 
     def _routes(self) -> Router:
@@ -126,7 +127,7 @@ class HttpServer(ListeningHandler):
             self.flv.close_all(CloseReason.SHUTDOWN)
             if self.webrtc is not None:
                 await self.webrtc.close_all(CloseReason.SHUTDOWN)
-            for writer, (_, idle) in list(self._waiting.items()):
+            for writer, (_, idle, _) in list(self._waiting.items()):
                 if idle:  # kept-alive connections between requests
                     writer.close()
 
@@ -143,14 +144,21 @@ class HttpServer(ListeningHandler):
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(SWEEP)
-            now = loop.time()
-            late = [(w, idle) for w, (due, idle) in self._waiting.items() if due <= now]
-            for writer, idle in late:
-                del self._waiting[writer]
-                if not writer.transport.is_closing():
-                    if not idle:
-                        writer.write(response(408, "request timeout\n"))
-                    writer.close()
+            try:
+                now = loop.time()
+                late = [(w, idle, r) for w, (due, idle, r) in self._waiting.items() if due <= now]
+                for writer, idle, reader in late:
+                    del self._waiting[writer]  # the handler's read sees it gone: not served
+                    if not writer.transport.is_closing():
+                        if not idle:
+                            writer.write(response(408, "request timeout\n"))
+                        writer.close()
+                    # A close waits for unsent bytes, which a client that does not read never
+                    # takes: end the read now, and the handler's close_writer aborts after its
+                    # grace.
+                    reader.feed_eof()
+            except Exception:  # a bug here must not switch every deadline off
+                log.exception("http: the request deadline sweep failed")
 
     async def _handle(self, registry: PublishRegistry, reader: asyncio.StreamReader,
                       writer: asyncio.StreamWriter) -> None:
@@ -202,7 +210,7 @@ class HttpServer(ListeningHandler):
         within ``keepalive_timeout``, or when the node stops)."""
         self._waiting[writer] = (asyncio.get_running_loop().time()
                                  + (self.settings.keepalive_timeout if idle
-                                    else self.settings.header_timeout), idle)
+                                    else self.settings.header_timeout), idle, reader)
         try:
             head = await reader.readuntil(b"\r\n\r\n")
         except asyncio.LimitOverrunError:
@@ -211,7 +219,9 @@ class HttpServer(ListeningHandler):
         except asyncio.IncompleteReadError:  # the peer went, or the sweep closed it (late)
             return None
         finally:
-            self._waiting.pop(writer, None)
+            late = self._waiting.pop(writer, None) is None
+        if late:  # the head came in the turn the sweep timed it out: it got its 408 already
+            return None
         try:
             return parse_request(head[:-4])
         except ProtocolError as exc:
