@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
 from streaming import (
+    Arcly,
     Nginx,
     Server,
     _client,
@@ -58,16 +59,14 @@ class HlsServer(Server):
         raise NotImplementedError
 
 
-class ArclyHls(HlsServer):
+class ArclyHls(HlsServer, Arcly):
+    """streaming.py's arcly, cutting ~2 s MPEG-TS segments from the publish on."""
+
     name = "arcly"
 
     def command(self) -> list[str]:
-        return [str(Path(sys.executable).parent / "arcly"), "serve",
-                "--rtmp-listen", f"127.0.0.1:{self.rtmp_port}",
-                "--http-listen", f"127.0.0.1:{self.http_port}", "--srt-listen", "off",
-                "--no-webrtc", "--idle-timeout", "off", "--log-level", "warning",
-                "--hls-variant", "mpegts", "--hls-on-publish", "--hls-segment-seconds", "2",
-                "--max-connections", "20000", "--max-connections-per-ip", "20000"]
+        return [*super().command(), "--no-webrtc", "--hls-variant", "mpegts",
+                "--hls-on-publish", "--hls-segment-seconds", "2"]
 
     @property
     def playlist(self) -> str:

@@ -57,10 +57,6 @@ class ReadMerger:
         self._held: list[Callable[[], None]] = []
         self._timer: asyncio.TimerHandle | None = None
 
-    @property
-    def publishers(self) -> int:
-        return self._publishers
-
     def joined(self) -> None:
         """A publish started on the listener."""
         self._publishers += 1

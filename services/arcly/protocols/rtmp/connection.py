@@ -170,9 +170,7 @@ class RtmpConnection:
     def _dispatch(self, msg: Message, events: list[Event]) -> None:
         t = msg.type_id
         if t in (chunk.AUDIO, chunk.VIDEO):
-            if msg.stream_id in self.publishing:
-                kind = FrameKind.AUDIO if t == chunk.AUDIO else FrameKind.VIDEO
-                events.append(MediaReceived(msg.stream_id, kind, msg.timestamp, msg.payload))
+            pass  # not on a publishing stream (``_receive_chunks`` takes those): ignored
         elif t in (chunk.DATA_AMF0, chunk.DATA_AMF3):
             payload = msg.payload[1:] if t == chunk.DATA_AMF3 else msg.payload
             if msg.stream_id in self.publishing:

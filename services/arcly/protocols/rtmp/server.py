@@ -151,7 +151,6 @@ class _PublishPath(asyncio.Protocol):
             self.error = exc
             self._wake()
             return
-        publishing = session.publishing
         for index, event in enumerate(events):
             if type(event) is not MediaReceived or self.events:
                 # Not media: the rest of this batch waits for the session task, in order.
@@ -160,10 +159,7 @@ class _PublishPath(asyncio.Protocol):
                 self.transport.pause_reading()
                 self._wake()
                 break
-            entry = publishing.get(event.stream_id)
-            if entry is not None and not entry[1].publish_frame(
-                    make_frame(event.kind, event.timestamp, event.payload)):
-                session.closing = f"publish ended: {entry[1].end_reason}"
+            if not session._publish_media(event):
                 self._wake()
                 return
         session._flush()  # acknowledgements
