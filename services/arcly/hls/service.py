@@ -259,6 +259,12 @@ class HlsService(NullObserver):
         raises ``BlockingReloadError`` when it is too far ahead or does not come in time."""
         if client:
             self.note_client(key, client)
+        suffix = f"?{query}" if query else ""
+        state = self._states.get(key)
+        if state is not None and state.runner is not None and msn is None and \
+                self._has_media(state):  # a player's poll of a live stream: nothing to wait for
+            state.last_access = time.monotonic()
+            return self._render(state, suffix)
         state = await self.start(key)
         if state is None:
             return None
@@ -272,7 +278,7 @@ class HlsService(NullObserver):
                               self.settings.blocking_wait)
             if not state.has(msn, part) and not state.final():
                 raise BlockingReloadError(503, f"segment {msn} part {part} not ready in time")
-        return self._render(state, f"?{query}" if query else "")
+        return self._render(state, suffix)
 
     def _check_ahead(self, state: _KeyState, msn: int, part: int | None) -> None:
         """RFC 8216bis 6.2.5.2: more than two segments past the last one, or more parts past

@@ -52,9 +52,18 @@ def response_parts(status: int, body: str | bytes = "", content_type: str = TEXT
                    keep_alive: bool = False) -> tuple[bytes, bytes]:
     """A whole response's head and body (sent without joining them: media is not copied)."""
     payload = body.encode() if isinstance(body, str) else body
-    headers = {"Content-Type": content_type, "Content-Length": str(len(payload)),
-               "Cache-Control": "no-cache", **(extra or {})}
-    return response_head(status, headers, keep_alive=keep_alive), payload
+    shape = (status, content_type, keep_alive, tuple(extra.items()) if extra else ())
+    prefix = _PREFIXES.get(shape)
+    if prefix is None:  # every header but the length, once per shape (not once per request)
+        headers = {"Content-Type": content_type, "Cache-Control": "no-cache", **(extra or {})}
+        prefix = response_head(status, headers, keep_alive=keep_alive)[:-2]
+        if len(_PREFIXES) >= 1024:  # shapes with per-request values (Location, ETag): bounded
+            _PREFIXES.clear()
+        _PREFIXES[shape] = prefix
+    return b"%sContent-Length: %d\r\n\r\n" % (prefix, len(payload)), payload
+
+
+_PREFIXES: dict[tuple[object, ...], bytes] = {}
 
 
 def response_head(status: int, headers: dict[str, str], *, keep_alive: bool = False) -> bytes:
@@ -109,13 +118,28 @@ def refuse_while_draining(exchange: Exchange, admission: Admission) -> bool:
     return True
 
 
+_KEYS: dict[tuple[str, str], StreamKey] = {}
+
+
+def stream_key(app: str, stream: str) -> StreamKey:
+    """``StreamKey(app, stream)``, validated once per name (every request of every player
+    names one); raises ``InvalidStreamKey``."""
+    key = _KEYS.get((app, stream))
+    if key is None:
+        key = StreamKey(app, stream)
+        if len(_KEYS) >= 4096:  # names come from clients: keep it bounded
+            _KEYS.clear()
+        _KEYS[app, stream] = key
+    return key
+
+
 async def authorize_play(exchange: Exchange, params: dict[str, str], protocol: str,
                          query: dict[str, str] | None = None) -> StreamKey | None:
     """The key named by ``params`` once the client may play it over ``protocol`` (``query``:
     the credentials, the request's own by default); else None, the refusal sent (404 for a bad
     key, 403 for auth)."""
     try:
-        key = StreamKey(params["app"], params["stream"])
+        key = stream_key(params["app"], params["stream"])
         await exchange.registry.authorize(AuthRequest(
             Action.PLAY, key, protocol, exchange.peer,
             exchange.request.query if query is None else query))

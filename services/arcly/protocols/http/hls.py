@@ -19,11 +19,17 @@ class HlsRoutes:
     def __init__(self, hls: HlsService, admission: Admission) -> None:
         self.hls = hls
         self.admission = admission
+        # The playlist changes every part (Low-Latency: requests block for what is new) or
+        # every segment (let caches hold it for under half of one).
+        self._playlist_cache = {"Cache-Control": "no-cache" if hls.low_latency else
+                                f"max-age={int(hls.settings.segment_seconds / 2)}"}
 
     async def _admit(self, exchange: Exchange, params: dict[str, str]) -> StreamKey | None:
         # The credentials, without the blocking-reload position (it changes on every reload
         # and would defeat auth caches, e.g. a webhook's).
-        query = {k: v for k, v in exchange.request.query.items() if not k.startswith("_HLS_")}
+        query = exchange.request.query
+        if query:
+            query = {k: v for k, v in query.items() if not k.startswith("_HLS_")}
         return await authorize_play(exchange, params, "hls", query)
 
     async def playlist(self, exchange: Exchange, params: dict[str, str]) -> None:
@@ -32,33 +38,32 @@ class HlsRoutes:
         key = await self._admit(exchange, params)
         if key is None:
             return
-        client = f"{exchange.ip}|{exchange.request.headers.get('user-agent', '')[:128]}"
-        query = dict(exchange.request.query)
+        request = exchange.request
+        client = f"{exchange.ip}|{request.headers.get('user-agent', '')[:128]}"
+        msn = part = None
+        query = request.query
+        if query:  # a player's poll mostly has none: no copy then
+            query = dict(query)
+            try:
+                msn = _number(query.pop("_HLS_msn", None))
+                part = _number(query.pop("_HLS_part", None))
+            except ValueError:
+                exchange.respond(400, "_HLS_msn and _HLS_part are numbers\n")
+                return
+            query.pop("_HLS_skip", None)  # delta updates are not offered (no CAN-SKIP-UNTIL)
+            if part is not None and msn is None:
+                exchange.respond(400, "_HLS_part needs _HLS_msn\n")
+                return
         try:
-            msn = _number(query.pop("_HLS_msn", None))
-            part = _number(query.pop("_HLS_part", None))
-        except ValueError:
-            exchange.respond(400, "_HLS_msn and _HLS_part are numbers\n")
-            return
-        query.pop("_HLS_skip", None)  # delta updates are not offered (no CAN-SKIP-UNTIL)
-        if part is not None and msn is None:
-            exchange.respond(400, "_HLS_part needs _HLS_msn\n")
-            return
-        try:
-            playlist = await self.hls.playlist(key, query=quote_query(query), client=client,
-                                               msn=msn, part=part)
+            playlist = await self.hls.playlist(key, query=quote_query(query) if query else "",
+                                               client=client, msn=msn, part=part)
         except BlockingReloadError as exc:
             exchange.respond(exc.status, f"{exc}\n")
             return
         if playlist is None:
             exchange.respond(404, f"{key} is not being published\n")
             return
-        if self.hls.low_latency:  # changes every part; requests block for what is new
-            cache = "no-cache"
-        else:  # changes every segment: let caches hold it for under half of one
-            cache = f"max-age={int(self.hls.settings.segment_seconds / 2)}"
-        exchange.respond(200, playlist, "application/vnd.apple.mpegurl",
-                         {"Cache-Control": cache})
+        exchange.respond(200, playlist, "application/vnd.apple.mpegurl", self._playlist_cache)
         self._sent(exchange, len(playlist))
 
     async def segment(self, exchange: Exchange, params: dict[str, str]) -> None:
@@ -83,13 +88,15 @@ class HlsRoutes:
             return
         # A URI names one immutable piece of media (publish session + sequence [+ part], or
         # an init segment by the checksum of its bytes).
-        exchange.respond(200, data, content_type,
-                         {"Cache-Control": "public, max-age=86400, immutable"})
+        exchange.respond(200, data, content_type, _IMMUTABLE)
         self._sent(exchange, len(data))
 
     def _sent(self, exchange: Exchange, size: int) -> None:
         if not exchange.head_only:
             self.hls.bytes_sent += size
+
+
+_IMMUTABLE = {"Cache-Control": "public, max-age=86400, immutable"}
 
 
 def _number(text: str | None) -> int | None:

@@ -54,13 +54,13 @@ class Route:
     segments: tuple[_Segment, ...]
 
     def match(self, parts: list[str]) -> dict[str, str] | None:
+        """The captures, if ``parts`` match. The router only asks with as many parts as the
+        pattern has segments (or, for a ``{name*}`` pattern, at least as many less one)."""
         params: dict[str, str] = {}
         for index, segment in enumerate(self.segments):
             if segment.rest:
                 params[segment.name] = "/".join(parts[index:])
                 return params
-            if index >= len(parts):
-                return None
             part = parts[index]
             if segment.literal is not None:
                 if part != segment.literal:
@@ -71,13 +71,17 @@ class Route:
                 params[segment.name] = part[:-len(segment.suffix)]
             else:
                 params[segment.name] = part
-        return params if len(parts) == len(self.segments) else None
+        return params
 
 
-@dataclass(frozen=True, slots=True)
 class Resolved:
-    handler: Handler
-    params: dict[str, str]
+    """The handler of a path and its captures."""
+
+    __slots__ = ("handler", "params")
+
+    def __init__(self, handler: Handler, params: dict[str, str]) -> None:
+        self.handler = handler
+        self.params = params
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +99,9 @@ def split_path(path: str) -> list[str]:
 class Router:
     def __init__(self) -> None:
         self.routes: list[Route] = []
+        # The routes that can match a path of N segments, in the order they were added (a
+        # player's request tries a few patterns, not every route of the node).
+        self._by_length: dict[int, list[Route]] = {}
 
     def add(self, methods: str, pattern: str, handler: Handler) -> None:
         """Route ``methods`` (space-separated, or ``*``) on ``pattern`` to ``handler``."""
@@ -105,11 +112,21 @@ class Router:
         if any(s.rest for s in segments[:-1]):
             raise ValueError(f"{pattern}: {{name*}} must be the last segment")
         self.routes.append(Route(frozenset(wanted), pattern, handler, segments))
+        self._by_length.clear()
+
+    def _candidates(self, length: int) -> list[Route]:
+        found = self._by_length.get(length)
+        if found is None:
+            found = [r for r in self.routes if len(r.segments) == length
+                     or (r.segments and r.segments[-1].rest and len(r.segments) - 1 <= length)]
+            if len(self._by_length) < 64:  # paths of any length may come: keep it bounded
+                self._by_length[length] = found
+        return found
 
     def resolve(self, method: str, path: str) -> Resolved | NotAllowed | None:
         parts = split_path(path)
         allowed: set[str] = set()
-        for route in self.routes:
+        for route in self._candidates(len(parts)):
             params = route.match(parts)
             if params is None:
                 continue
