@@ -1,10 +1,10 @@
 """The HLS serving path's CPU per request, without sockets: a stream of the benchmark source is
 published into a kernel and cut into MPEG-TS segments, then kept-alive requests the way
 ``hls_delivery.py``'s players make them (playlist, newest segment, playlist, ...) are fed to the
-node's HTTP handler (``HttpServer``: head parsing, routing, auth, HLS) on one connection whose
-transport only counts what it is given. Prints the best of ``--rounds`` (process CPU time per
-request): a steadier figure than a whole node's CPU for comparing changes to the HTTP path. The
-kernel's send, which a real socket adds, is not in it.
+node's HTTP listener (its shortcut, else its handler: head parsing, routing, auth, HLS) on one
+connection whose transport only counts what it is given. Prints the best of ``--rounds``
+(process CPU time per request): a steadier figure than a whole node's CPU for comparing changes
+to the HTTP path. The kernel's send, which a real socket adds, is not in it.
 
     .venv/bin/python bench/hls_path.py
 """
@@ -29,8 +29,10 @@ from arcly.engine.frame import AUDIO, DATA, VIDEO
 from arcly.hls.service import HlsService, HlsSettings, HlsVariant
 from arcly.media import flv
 from arcly.media.flv import make_frame
+from arcly.protocols.http.request import MAX_HEAD
 from arcly.protocols.http.server import HttpServer
 from arcly.protocols.http.settings import HttpSettings
+from arcly.protocols.listener import Reader, _ShortcutProtocol
 
 KEY = StreamKey("live", "bench")
 
@@ -106,19 +108,22 @@ async def one_round(requests: int) -> tuple[float, int]:
                         engine=engine, hls=hls)
     playlist = f"GET /{KEY}/index.m3u8 HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
     segment = f"GET /{KEY}/{segments[-1]} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
-    reader = asyncio.StreamReader(limit=2**20)
     transport = _Transport()
-    protocol = asyncio.StreamReaderProtocol(reader)
+    handled: list[asyncio.Task[None]] = []
+
+    def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handled.append(asyncio.create_task(server._handle(engine, reader, writer)))
+
+    # The listener's connection: reads go to the shortcut, then to the handler's stream.
+    protocol = _ShortcutProtocol(Reader(MAX_HEAD), handle, server._shortcut)  # type: ignore[arg-type]
     protocol.connection_made(transport)
-    writer = asyncio.StreamWriter(transport, protocol, reader, asyncio.get_running_loop())
-    handler = asyncio.create_task(server._handle(engine, reader, writer))
     started = time.process_time()
     for index in range(requests):
-        reader.feed_data(segment if index % 2 else playlist)
+        protocol.data_received(segment if index % 2 else playlist)
         await asyncio.sleep(0)
     spent = time.process_time() - started
-    reader.feed_eof()
-    await handler
+    protocol.eof_received()
+    await handled[0]
     return spent, transport.sent
 
 

@@ -257,14 +257,12 @@ class HlsService(NullObserver):
         ``client``: who asks (for the viewer estimate). ``msn``/``part`` (``_HLS_msn`` /
         ``_HLS_part``, Low-Latency only): hold the request until that segment (part) exists;
         raises ``BlockingReloadError`` when it is too far ahead or does not come in time."""
+        if msn is None:  # a player's poll of a live stream: nothing to wait for
+            playlist = self.playlist_now(key, query=query, client=client)
+            if playlist is not None:
+                return playlist
         if client:
             self.note_client(key, client)
-        suffix = f"?{query}" if query else ""
-        state = self._states.get(key)
-        if state is not None and state.runner is not None and msn is None and \
-                self._has_media(state):  # a player's poll of a live stream: nothing to wait for
-            state.last_access = time.monotonic()
-            return self._render(state, suffix)
         state = await self.start(key)
         if state is None:
             return None
@@ -278,7 +276,18 @@ class HlsService(NullObserver):
                               self.settings.blocking_wait)
             if not state.has(msn, part) and not state.final():
                 raise BlockingReloadError(503, f"segment {msn} part {part} not ready in time")
-        return self._render(state, suffix)
+        return self._render(state, f"?{query}" if query else "")
+
+    def playlist_now(self, key: StreamKey, *, query: str = "", client: str = "") -> str | None:
+        """The live playlist of ``key`` if it can be given at once (its segmenter runs and has
+        media), else None (``playlist`` waits for it, or says it is not there)."""
+        state = self._states.get(key)
+        if state is None or state.runner is None or not self._has_media(state):
+            return None
+        if client:
+            self.note_client(key, client)
+        state.last_access = time.monotonic()
+        return self._render(state, f"?{query}" if query else "")
 
     def _check_ahead(self, state: _KeyState, msn: int, part: int | None) -> None:
         """RFC 8216bis 6.2.5.2: more than two segments past the last one, or more parts past

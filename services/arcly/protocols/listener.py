@@ -98,6 +98,35 @@ class Admission:
 
 
 ClientHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+# A listener's synchronous answer to a read, before its handler task sees it (see ``Listener``).
+Shortcut = Callable[["Reader", bytes], bool]
+
+
+class Reader(asyncio.StreamReader):
+    """The stream a connection's handler reads, telling how much it holds unread (a shortcut
+    may only answer a read that is all of a request: nothing may be waiting before it)."""
+
+    def buffered(self) -> int:
+        return len(self._buffer)  # type: ignore[attr-defined]  # asyncio's own buffer
+
+
+class _ShortcutProtocol(asyncio.StreamReaderProtocol):
+    """A connection whose reads go to the listener's shortcut first; what it does not answer
+    goes to the handler's stream as usual."""
+
+    def __init__(self, reader: Reader, handle: ClientHandler, shortcut: Shortcut) -> None:
+        super().__init__(reader, handle)
+        self._reader = reader
+        self._shortcut = shortcut
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            taken = self._shortcut(self._reader, data)
+        except Exception:  # a bug there must not cost the connection: the handler reads it
+            log.exception("listener shortcut failed")
+            taken = False
+        if not taken:
+            super().data_received(data)
 
 
 def system_backlog() -> int:
@@ -120,11 +149,16 @@ class Listener:
     line tests and operators read to find the port), admits each connection against the node's
     ``Admission`` and runs ``handle`` for it. When ``shutdown`` fires it stops accepting, awaits
     ``goodbye`` (the protocol ends its sessions politely), gives connections ``grace`` seconds
-    to finish, then aborts what is left."""
+    to finish, then aborts what is left. ``shortcut`` (optional) sees each read before the
+    connection's handler does and returns True when it answered the read itself (e.g. an HLS
+    player's poll, answered without waking the handler's task); its connections' streams are
+    ``Reader``s."""
 
     def __init__(self, protocol: str, host: str, port: int, admission: Admission, *,
-                 read_limit: int, grace: float = 5.0, backlog: int = 0) -> None:
+                 read_limit: int, grace: float = 5.0, backlog: int = 0,
+                 shortcut: Shortcut | None = None) -> None:
         self.protocol = protocol
+        self.shortcut = shortcut
         self.host = host
         self.port = port
         self.admission = admission
@@ -143,9 +177,19 @@ class Listener:
         if self._server is not None:
             return
         try:
-            self._server = await asyncio.start_server(
-                self._on_client, self.host, self.port, limit=self.read_limit,
-                backlog=self.backlog, start_serving=False)
+            if self.shortcut is None:
+                self._server = await asyncio.start_server(
+                    self._on_client, self.host, self.port, limit=self.read_limit,
+                    backlog=self.backlog, start_serving=False)
+            else:
+                shortcut = self.shortcut
+
+                def connection() -> _ShortcutProtocol:  # what start_server builds, plus it
+                    return _ShortcutProtocol(Reader(self.read_limit), self._on_client, shortcut)
+
+                self._server = await asyncio.get_running_loop().create_server(
+                    connection, self.host, self.port, backlog=self.backlog,
+                    start_serving=False)
         except OSError as exc:
             raise ListenError(self.protocol, self.host, self.port, exc) from None
         self.addresses = [sock.getsockname()[:2] for sock in self._server.sockets]

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from collections.abc import Mapping
 from typing import Any
 
 from arcly.engine import (
@@ -76,14 +78,42 @@ def response_head(status: int, headers: dict[str, str], *, keep_alive: bool = Fa
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
+class Connection:
+    """One client connection's state between its requests: how many it was answered, when
+    the next head is due, and the play it was last allowed (see ``allow``)."""
+
+    __slots__ = ("due", "grant", "idle", "reader", "served", "writer")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.served = 0       # requests answered
+        self.due = 0.0        # loop time by which the next request head must have come
+        self.idle = False     # waiting between requests (not for the first one)
+        self.grant: tuple[StreamKey, tuple[tuple[str, str], ...], float] | None = None
+
+    def allow(self, key: StreamKey, credentials: Mapping[str, str], until: float) -> None:
+        """Remember that this connection may play ``key`` with ``credentials`` until the
+        monotonic time ``until`` (its next requests need not be authorized again)."""
+        self.grant = (key, tuple(credentials.items()), until)
+
+    def allowed(self, key: StreamKey, credentials: Mapping[str, str]) -> bool:
+        grant = self.grant
+        return (grant is not None and grant[0] == key and time.monotonic() < grant[2]
+                and grant[1] == tuple(credentials.items()))
+
+
 class Exchange:
     """A parsed request, the connection it came on and the node's registry."""
 
-    __slots__ = ("ip", "keep_alive", "peer", "reader", "registry", "request", "writer")
+    __slots__ = ("connection", "ip", "keep_alive", "peer", "reader", "registry", "request",
+                 "writer")
 
     def __init__(self, request: Request, reader: asyncio.StreamReader,
                  writer: asyncio.StreamWriter, *, peer: str, ip: str,
-                 registry: PublishRegistry, keep_alive: bool = False) -> None:
+                 registry: PublishRegistry, keep_alive: bool = False,
+                 connection: Connection | None = None) -> None:
+        self.connection = connection
         self.request = request
         self.reader = reader
         self.writer = writer

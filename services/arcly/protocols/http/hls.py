@@ -7,12 +7,15 @@ part (the preload hint) is held until it exists."""
 
 from __future__ import annotations
 
-from arcly.engine import StreamKey
-from arcly.hls.service import BlockingReloadError, HlsService
-from arcly.protocols.listener import Admission
+import time
 
-from .exchange import Exchange, authorize_play, refuse_while_draining
-from .request import quote_query
+from arcly.engine import InvalidStreamKey, StreamKey
+from arcly.hls.service import BlockingReloadError, HlsService
+from arcly.protocols.listener import Admission, peer_ip
+
+from .exchange import Connection, Exchange, authorize_play, refuse_while_draining, stream_key
+from .request import Request, quote_query
+from .router import Handler
 
 
 class HlsRoutes:
@@ -30,7 +33,48 @@ class HlsRoutes:
         query = exchange.request.query
         if query:
             query = {k: v for k, v in query.items() if not k.startswith("_HLS_")}
-        return await authorize_play(exchange, params, "hls", query)
+        key = await authorize_play(exchange, params, "hls", query)
+        if key is not None and exchange.connection is not None:
+            exchange.connection.allow(key, query, time.monotonic() + REAUTHORIZE)
+        return key
+
+    def quick_handlers(self) -> frozenset[Handler]:
+        """The handlers ``answer_now`` may answer for."""
+        return frozenset((self.playlist, self.segment, self.fragment, self.init))
+
+    def answer_now(self, handler: Handler, request: Request, params: dict[str, str],
+                   connection: Connection) -> tuple[int, str | bytes, str, dict[str, str]] | None:
+        """The answer to a request for ``handler`` (one of ``quick_handlers``) when it can be
+        given at once: the connection was allowed to play this key with these credentials
+        within ``REAUTHORIZE`` seconds, and the live playlist or the media is there. None:
+        ``handler`` answers it (authorizing again, waiting for media, or refusing). A node
+        that is draining answers 503 through ``handler``."""
+        query = request.query
+        if self.admission.draining or (query and any(k.startswith("_HLS_") for k in query)):
+            return None  # blocking reloads wait, in the handler
+        try:
+            key = stream_key(params["app"], params["stream"])
+        except InvalidStreamKey:
+            return None
+        if not connection.allowed(key, query):
+            return None
+        if handler == self.playlist:
+            client = f"{peer_ip(connection.writer)}|{request.headers.get('user-agent', '')[:128]}"
+            playlist = self.hls.playlist_now(key, query=quote_query(query) if query else "",
+                                             client=client)
+            if playlist is None:
+                return None
+            answer: tuple[int, str | bytes, str, dict[str, str]] = (
+                200, playlist, "application/vnd.apple.mpegurl", self._playlist_cache)
+        else:
+            kind = _MEDIA[handler.__name__]
+            data = self.hls.segment(key, params["segment"] + kind[0])
+            if data is None:
+                return None
+            answer = (200, data, kind[1], _IMMUTABLE)
+        if request.method != "HEAD":
+            self.hls.bytes_sent += len(answer[1])
+        return answer
 
     async def playlist(self, exchange: Exchange, params: dict[str, str]) -> None:
         if refuse_while_draining(exchange, self.admission):
@@ -67,14 +111,14 @@ class HlsRoutes:
         self._sent(exchange, len(playlist))
 
     async def segment(self, exchange: Exchange, params: dict[str, str]) -> None:
-        await self._media(exchange, params, ".ts", "video/mp2t")
+        await self._media(exchange, params, *_MEDIA["segment"])
 
     async def fragment(self, exchange: Exchange, params: dict[str, str]) -> None:
         """An fMP4 segment or part (``.m4s``)."""
-        await self._media(exchange, params, ".m4s", "video/mp4")
+        await self._media(exchange, params, *_MEDIA["fragment"])
 
     async def init(self, exchange: Exchange, params: dict[str, str]) -> None:
-        await self._media(exchange, params, ".mp4", "video/mp4")
+        await self._media(exchange, params, *_MEDIA["init"])
 
     async def _media(self, exchange: Exchange, params: dict[str, str], ext: str,
                      content_type: str) -> None:
@@ -97,6 +141,13 @@ class HlsRoutes:
 
 
 _IMMUTABLE = {"Cache-Control": "public, max-age=86400, immutable"}
+# The media handlers: the extension their URIs end in and the type they are served as.
+_MEDIA = {"segment": (".ts", "video/mp2t"), "fragment": (".m4s", "video/mp4"),
+          "init": (".mp4", "video/mp4")}
+# A kept-alive player's play is authorized again after this many seconds (its polls and
+# segments in between are answered without asking the auth provider, as SRS asks its on_play
+# hook once per HLS session): a revoked or expired credential stops working within this long.
+REAUTHORIZE = 10.0
 
 
 def _number(text: str | None) -> int | None:

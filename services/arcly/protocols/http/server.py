@@ -18,13 +18,14 @@ from arcly.protocols.listener import (
     Admission,
     Listener,
     ListeningHandler,
+    Reader,
     close_writer,
     peer_ip,
     peer_name,
 )
 
 from .api import ManagementApi
-from .exchange import Exchange, response
+from .exchange import Connection, Exchange, response, response_parts
 from .flv import FlvPlayback
 from .hls import HlsRoutes
 from .metrics import MetricsRoute
@@ -68,7 +69,8 @@ class HttpServer(ListeningHandler):
         self.settings = settings or HttpSettings()
         self.admission = admission or Admission()
         self.listener = Listener(self.name, host, port, self.admission, read_limit=MAX_HEAD,
-                                 backlog=self.admission.limits.listen_backlog)
+                                 backlog=self.admission.limits.listen_backlog,
+                                 shortcut=self._shortcut if hls is not None else None)
         self.flv = FlvPlayback(self.settings, self.admission)
         self.hls = HlsRoutes(hls, self.admission) if hls is not None else None
         self.api = ManagementApi(engine, self.admission, node=node, token=api_token,
@@ -80,12 +82,13 @@ class HttpServer(ListeningHandler):
         self.recordings = recordings  # recording playback (origins and single nodes)
         self.recorded = RecordingRoutes(recordings, self.api, self.settings, self.admission)
         self.pages = Pages(low_latency=hls is not None and hls.low_latency)
-        # Connections waiting for a request head: its deadline, and whether the connection is
-        # kept-alive between requests (idle: closed quietly at the deadline, and at shutdown).
-        # One sweep closes the late ones (see ``_sweep``), not a timer per request.
-        self._waiting: dict[asyncio.StreamWriter,
-                            tuple[float, bool, asyncio.StreamReader]] = {}
+        # Connections waiting for a request head (by their stream), with its deadline, and
+        # whether the connection is kept-alive between requests (idle: closed quietly at the
+        # deadline, and at shutdown). One sweep closes the late ones (see ``_sweep``), not a
+        # timer per request; the shortcut answers polls of the idle ones.
+        self._waiting: dict[asyncio.StreamReader, Connection] = {}
         self.router = self._routes()
+        self._quick = self.hls.quick_handlers() if self.hls is not None else frozenset()
 
     def _routes(self) -> Router:
         router = Router()
@@ -127,9 +130,9 @@ class HttpServer(ListeningHandler):
             self.flv.close_all(CloseReason.SHUTDOWN)
             if self.webrtc is not None:
                 await self.webrtc.close_all(CloseReason.SHUTDOWN)
-            for writer, (_, idle, _) in list(self._waiting.items()):
-                if idle:  # kept-alive connections between requests
-                    writer.close()
+            for connection in list(self._waiting.values()):
+                if connection.idle:  # kept-alive connections between requests
+                    connection.writer.close()
 
         sweeper = asyncio.create_task(self._sweep(), name=f"arcly-{self.name}-deadlines")
         try:
@@ -146,11 +149,12 @@ class HttpServer(ListeningHandler):
             await asyncio.sleep(SWEEP)
             try:
                 now = loop.time()
-                late = [(w, idle, r) for w, (due, idle, r) in self._waiting.items() if due <= now]
-                for writer, idle, reader in late:
-                    del self._waiting[writer]  # the handler's read sees it gone: not served
+                late = [c for c in self._waiting.values() if c.due <= now]
+                for connection in late:
+                    writer, reader = connection.writer, connection.reader
+                    del self._waiting[reader]  # the handler's read sees it gone: not served
                     if not writer.transport.is_closing():
-                        if not idle:
+                        if not connection.idle:
                             writer.write(response(408, "request timeout\n"))
                         writer.close()
                     # A close waits for unsent bytes, which a client that does not read never
@@ -165,13 +169,16 @@ class HttpServer(ListeningHandler):
         peer = peer_name(writer)
         ip = peer_ip(writer)
         writer.transport.set_write_buffer_limits(high=self.settings.write_buffer_high)
+        connection = Connection(reader, writer)
         try:
-            for served in range(self.settings.keepalive_requests):
-                request = await self._read_request(reader, writer, peer, idle=served > 0)
+            while connection.served < self.settings.keepalive_requests:
+                request = await self._read_request(connection, peer)
                 if request is None:
                     break
                 exchange = Exchange(request, reader, writer, peer=peer, ip=ip,
-                                    registry=registry, keep_alive=self._may_keep(request, served))
+                                    registry=registry, connection=connection,
+                                    keep_alive=self._may_keep(request, connection.served))
+                connection.served += 1
                 await self._dispatch(exchange)
                 if not exchange.keep_alive or self.listener.stopping:
                     break
@@ -188,6 +195,41 @@ class HttpServer(ListeningHandler):
         finally:
             await close_writer(writer)
 
+    def _shortcut(self, reader: Reader, data: bytes) -> bool:
+        """Answer ``data`` at once if it is all of one request an HLS player makes on a
+        kept-alive connection (its playlist poll, a segment), nothing has to be waited for, and
+        the connection's handler waits idle for it: no task switch and no ``Exchange`` for the
+        bulk of a player's requests. Anything else (or when in doubt) returns False and the
+        handler reads it as usual: the first request of a connection, one that needs its
+        authorization asked (see ``HlsRoutes.answer_now``), a blocking reload, a head in
+        pieces, pipelined requests, a client behind on reading, a stopping node."""
+        connection = self._waiting.get(reader)
+        if connection is None or not connection.idle or reader.buffered() or \
+                data.find(b"\r\n\r\n") != len(data) - 4 or self.listener.stopping:
+            return False
+        transport = connection.writer.transport
+        if transport.get_write_buffer_size() > transport.get_write_buffer_limits()[0]:
+            return False  # the handler waits for it to drain (and cuts a stalled client)
+        try:
+            request = parse_request(data[:-4])
+        except ProtocolError:
+            return False  # the handler answers 400
+        if not self._may_keep(request, connection.served):
+            return False
+        found = self.router.resolve(request.method, request.path)
+        if type(found) is not Resolved or found.handler not in self._quick:
+            return False
+        assert self.hls is not None
+        answer = self.hls.answer_now(found.handler, request, found.params, connection)
+        if answer is None:
+            return False
+        status, body, content_type, extra = answer
+        head, payload = response_parts(status, body, content_type, extra, keep_alive=True)
+        transport.writelines((head,) if request.method == "HEAD" else (head, payload))
+        connection.served += 1
+        connection.due = asyncio.get_running_loop().time() + self.settings.keepalive_timeout
+        return True
+
     def _may_keep(self, request: Request, served: int) -> bool:
         """Whether the connection may take another request after this one: a bodiless GET or
         HEAD that asks for it (HTTP/1.1 unless ``Connection: close``; HTTP/1.0 with
@@ -203,14 +245,15 @@ class HttpServer(ListeningHandler):
             return "keep-alive" in connection
         return "close" not in connection
 
-    async def _read_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                            peer: str, *, idle: bool = False) -> Request | None:
-        """The request head, or None once the client got its error (or went away). ``idle``:
-        a kept-alive connection waiting for its next request (closed quietly when none comes
-        within ``keepalive_timeout``, or when the node stops)."""
-        self._waiting[writer] = (asyncio.get_running_loop().time()
-                                 + (self.settings.keepalive_timeout if idle
-                                    else self.settings.header_timeout), idle, reader)
+    async def _read_request(self, connection: Connection, peer: str) -> Request | None:
+        """The request head, or None once the client got its error (or went away). After its
+        first request a connection is idle: kept-alive, waiting for its next request (closed
+        quietly when none comes within ``keepalive_timeout``, or when the node stops)."""
+        reader, writer = connection.reader, connection.writer
+        connection.idle = idle = connection.served > 0
+        connection.due = asyncio.get_running_loop().time() + (
+            self.settings.keepalive_timeout if idle else self.settings.header_timeout)
+        self._waiting[reader] = connection
         try:
             head = await reader.readuntil(b"\r\n\r\n")
         except asyncio.LimitOverrunError:
@@ -219,7 +262,7 @@ class HttpServer(ListeningHandler):
         except asyncio.IncompleteReadError:  # the peer went, or the sweep closed it (late)
             return None
         finally:
-            late = self._waiting.pop(writer, None) is None
+            late = self._waiting.pop(reader, None) is None
         if late:  # the head came in the turn the sweep timed it out: it got its 408 already
             return None
         try:
