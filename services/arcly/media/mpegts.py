@@ -56,6 +56,19 @@ def _timestamp(marker: int, value: int) -> bytes:
     ))
 
 
+_PLAIN: dict[int, tuple[bytes, ...]] = {}
+
+
+def _plain_headers(pid: int) -> tuple[bytes, ...]:
+    """The 4-byte header of a payload-only packet of ``pid`` (no PES start, no adaptation
+    field), by continuity counter."""
+    headers = _PLAIN.get(pid)
+    if headers is None:
+        headers = _PLAIN[pid] = tuple(bytes((0x47, pid >> 8, pid & 0xFF, 0x10 | cc))
+                                      for cc in range(16))
+    return headers
+
+
 class TsMuxer:
     """Packetizes PES for one video (H.264 or HEVC) and one AAC audio elementary stream."""
 
@@ -121,6 +134,19 @@ class TsMuxer:
         total = len(data)
         first_packet = True
         while pos < total:
+            if not first_packet and total - pos >= PACKET - 4:
+                # The packets between a PES's first and its last: no adaptation field, a whole
+                # payload each (most of a video frame's packets), headers by counter.
+                plain = _plain_headers(pid)
+                cc = self._cc[pid]
+                view = memoryview(data)
+                while total - pos >= PACKET - 4:
+                    cc = (cc + 1) & 0x0F
+                    out += plain[cc]
+                    out += view[pos:pos + PACKET - 4]
+                    pos += PACKET - 4
+                self._cc[pid] = cc
+                continue
             head, first_of_pid = self._header(pid, first_packet)
             flags = 0
             if first_of_pid:
