@@ -39,7 +39,7 @@ from streaming import (
     _client,
     source,
     stop,
-    tree_cpu,
+    tree_cpu_split,
 )
 
 KEY = "bench"
@@ -235,7 +235,7 @@ def run(server: HlsServer, clients: int, src: Path, opts: argparse.Namespace) ->
         for line in players.stdout:
             event = json.loads(line)
             if event["event"] in ("window_start", "window_end"):
-                event["server_cpu"] = tree_cpu(server.pid)
+                event["server_cpu"] = tree_cpu_split(server.pid)
                 event["t"] = time.monotonic()
             marks[event["event"]] = event
             if event["event"] == "summary":
@@ -247,10 +247,15 @@ def run(server: HlsServer, clients: int, src: Path, opts: argparse.Namespace) ->
     start, end = marks["window_start"], marks["window_end"]
     seconds = end["t"] - start["t"]
     gbytes = (end["bytes"] - start["bytes"]) / 1e9
-    cpu = end["server_cpu"] - start["server_cpu"]
+    user = end["server_cpu"][0] - start["server_cpu"][0]
+    system = end["server_cpu"][1] - start["server_cpu"][1]
+    cpu = user + system
     return {"server": server.name, "clients": clients,
             "egress_mbps": round(gbytes * 8000 / seconds, 1),
             "cpu_s_per_gb": round(cpu / gbytes, 3) if gbytes else None,
+            # user: the server's own work; system: mostly the kernel's send
+            "user_s_per_gb": round(user / gbytes, 3) if gbytes else None,
+            "system_s_per_gb": round(system / gbytes, 3) if gbytes else None,
             "server_cpu_pct": round(cpu * 100 / seconds, 1),
             "segments_per_s": round((end["segments"] - start["segments"]) / seconds, 1),
             "client_cpu_pct": round((end["cpu"] - start["cpu"]) * 100 / seconds, 1),

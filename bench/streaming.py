@@ -72,14 +72,20 @@ def tree(pid: int) -> list[int]:
 
 
 def tree_cpu(pid: int) -> float:
-    total = 0.0
+    return sum(tree_cpu_split(pid))
+
+
+def tree_cpu_split(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of ``pid`` and its descendants."""
+    user = system = 0.0
     for p in tree(pid):
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += (int(fields[11]) + int(fields[12])) / CLK
-    return total
+        user += int(fields[11]) / CLK
+        system += int(fields[12]) / CLK
+    return user, system
 
 
 def tree_rss_kib(pid: int) -> int:

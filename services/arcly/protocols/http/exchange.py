@@ -82,25 +82,27 @@ class Connection:
     """One client connection's state between its requests: how many it was answered, when
     the next head is due, and the play it was last allowed (see ``allow``)."""
 
-    __slots__ = ("due", "grant", "idle", "reader", "served", "writer")
+    __slots__ = ("due", "grant", "idle", "ip", "reader", "served", "writer")
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 ip: str = "") -> None:
         self.reader = reader
         self.writer = writer
+        self.ip = ip
         self.served = 0       # requests answered
         self.due = 0.0        # loop time by which the next request head must have come
         self.idle = False     # waiting between requests (not for the first one)
-        self.grant: tuple[StreamKey, tuple[tuple[str, str], ...], float] | None = None
+        self.grant: tuple[StreamKey, dict[str, str], float] | None = None
 
     def allow(self, key: StreamKey, credentials: Mapping[str, str], until: float) -> None:
         """Remember that this connection may play ``key`` with ``credentials`` until the
         monotonic time ``until`` (its next requests need not be authorized again)."""
-        self.grant = (key, tuple(credentials.items()), until)
+        self.grant = (key, dict(credentials), until)
 
     def allowed(self, key: StreamKey, credentials: Mapping[str, str]) -> bool:
         grant = self.grant
-        return (grant is not None and grant[0] == key and time.monotonic() < grant[2]
-                and grant[1] == tuple(credentials.items()))
+        return (grant is not None and grant[0] == key and grant[1] == credentials
+                and time.monotonic() < grant[2])
 
 
 class Exchange:

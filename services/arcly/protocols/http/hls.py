@@ -11,7 +11,7 @@ import time
 
 from arcly.engine import InvalidStreamKey, StreamKey
 from arcly.hls.service import BlockingReloadError, HlsService
-from arcly.protocols.listener import Admission, peer_ip
+from arcly.protocols.listener import Admission
 
 from .exchange import Connection, Exchange, authorize_play, refuse_while_draining, stream_key
 from .request import Request, quote_query
@@ -59,7 +59,7 @@ class HlsRoutes:
         if not connection.allowed(key, query):
             return None
         if handler == self.playlist:
-            client = f"{peer_ip(connection.writer)}|{request.headers.get('user-agent', '')[:128]}"
+            client = f"{connection.ip}|{request.headers.get('user-agent', '')[:128]}"
             playlist = self.hls.playlist_now(key, query=quote_query(query) if query else "",
                                              client=client)
             if playlist is None:
@@ -146,8 +146,9 @@ _MEDIA = {"segment": (".ts", "video/mp2t"), "fragment": (".m4s", "video/mp4"),
           "init": (".mp4", "video/mp4")}
 # A kept-alive player's play is authorized again after this many seconds (its polls and
 # segments in between are answered without asking the auth provider, as SRS asks its on_play
-# hook once per HLS session): a revoked or expired credential stops working within this long.
-REAUTHORIZE = 10.0
+# hook once per HLS session): a revoked or expired credential stops working within this long,
+# the same allowance as the token providers' default clock skew.
+REAUTHORIZE = 30.0
 
 
 def _number(text: str | None) -> int | None:

@@ -169,7 +169,7 @@ class HttpServer(ListeningHandler):
         peer = peer_name(writer)
         ip = peer_ip(writer)
         writer.transport.set_write_buffer_limits(high=self.settings.write_buffer_high)
-        connection = Connection(reader, writer)
+        connection = Connection(reader, writer, ip)
         try:
             while connection.served < self.settings.keepalive_requests:
                 request = await self._read_request(connection, peer)
