@@ -159,6 +159,7 @@ class _Node:
     recorder: RecordingManager | None = None
     telemetry: otel.OtelObserver | None = None
     reloader: Reloader | None = None
+    http: HttpServer | None = None
 
     def document(self) -> dict[str, Any]:
         """The node's identity and running config, for ``GET /api/v1/node``."""
@@ -292,6 +293,8 @@ async def _reconfigure(node: _Node, engine: Engine, old: NodeConfig, new: NodeCo
             log.warning("config: auth is set by the embedding code; the file's auth is ignored")
         return
     node.retired_hooks += node.per_app.swap(auth or PerApp({}, AllowAll()))
+    if node.http is not None:  # kept-alive HLS players are asked the new providers
+        node.http.forget_grants()
     if node.per_app.open:
         _warn_if_open(new, node.per_app)
 
@@ -316,14 +319,15 @@ def _handlers(node: _Node, engine: Engine,
     srt = _srt(node, engine)
     if srt is not None:
         handlers.append(srt)
-    handlers.append(HttpServer(config.http_listen.host, config.http_listen.port,
-                               http_settings, engine=engine, hls=node.hls,
-                               admission=node.admission, node=node.document,
-                               api_token=config.api_token,
-                               metrics=None if config.metrics_listen else metrics,
-                               webrtc=_webrtc(node),
-                               srt=srt.statistics if srt is not None else None,
-                               recordings=node.recorder))
+    node.http = HttpServer(config.http_listen.host, config.http_listen.port,
+                           http_settings, engine=engine, hls=node.hls,
+                           admission=node.admission, node=node.document,
+                           api_token=config.api_token,
+                           metrics=None if config.metrics_listen else metrics,
+                           webrtc=_webrtc(node),
+                           srt=srt.statistics if srt is not None else None,
+                           recordings=node.recorder)
+    handlers.append(node.http)
     if config.metrics_listen is not None and metrics is not None:
         handlers.append(MetricsServer(config.metrics_listen.host, config.metrics_listen.port,
                                       http_settings, engine=engine, admission=node.admission,

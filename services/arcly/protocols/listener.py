@@ -117,14 +117,16 @@ class _ShortcutProtocol(asyncio.StreamReaderProtocol):
     def __init__(self, reader: Reader, handle: ClientHandler, shortcut: Shortcut) -> None:
         super().__init__(reader, handle)
         self._reader = reader
-        self._shortcut = shortcut
+        self._shortcut: Shortcut | None = shortcut
 
     def data_received(self, data: bytes) -> None:
-        try:
-            taken = self._shortcut(self._reader, data)
-        except Exception:  # a bug there must not cost the connection: the handler reads it
-            log.exception("listener shortcut failed")
-            taken = False
+        taken = False
+        if self._shortcut is not None:
+            try:
+                taken = self._shortcut(self._reader, data)
+            except Exception:  # a bug there must not cost the connection: the handler
+                log.exception("listener shortcut failed; off for this connection")
+                self._shortcut = None  # reads it, and this one's later reads
         if not taken:
             super().data_received(data)
 

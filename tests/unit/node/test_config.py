@@ -8,15 +8,18 @@ import re
 
 import pytest
 
+from arcly.auth import PerApp
+from arcly.cluster.model import NodeRole
 from arcly.cluster.registry import RegistrySettings
 from arcly.cluster.relay_client import EdgeSettings
 from arcly.cluster.relay_server import RelaySettings
-from arcly.engine import EngineConfig
+from arcly.engine import AllowAll, Engine, EngineConfig
 from arcly.hls.service import HlsSettings
 from arcly.node.config import Address, NodeConfig, add_node_options, build_config, load_config
+from arcly.node.server import _Node, _reconfigure
 from arcly.protocols.egress import DEFAULT_COALESCE
-from arcly.protocols.http import HttpSettings
-from arcly.protocols.listener import Limits
+from arcly.protocols.http import HttpServer, HttpSettings
+from arcly.protocols.listener import Admission, Limits
 from arcly.protocols.rtmp import RtmpConnection, RtmpSettings
 from arcly.protocols.rtmp.chunk import ChunkDecoder
 from arcly.recording import RecordSettings
@@ -112,3 +115,21 @@ def test_operator_settings_come_from_its_environment() -> None:
                                           "ARCLY_OPERATOR_INTERVAL": "2.5"})
     assert settings.registry() == RegistrySettings(url="redis://r:6379/1", prefix="x:")
     assert (settings.release, settings.reap_interval) == ("demo", 2.5)
+
+
+async def test_a_reload_that_swaps_the_auth_providers_voids_hls_grants() -> None:
+    # Kept-alive HLS players are answered from a per-connection grant (see
+    # test_http_hls_shortcut); new providers must be asked on their next request.
+    class Http(HttpServer):
+        forgotten = 0
+
+        def forget_grants(self) -> None:
+            self.forgotten += 1
+
+    engine = Engine()
+    config = NodeConfig()
+    http = Http("127.0.0.1", 0, engine=engine)
+    node = _Node(role=NodeRole.SINGLE, config=config, identity={}, admission=Admission(),
+                 per_app=PerApp({}, AllowAll()), http=http)
+    await _reconfigure(node, engine, config, config, PerApp({}, AllowAll()))
+    assert http.forgotten == 1

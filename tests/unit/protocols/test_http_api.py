@@ -214,6 +214,10 @@ def test_router_matches_in_order_with_captures_suffixes_and_rest() -> None:
     assert isinstance(found, Resolved) and found.params == {"app": "live", "stream": "cam"}
     found = router.resolve("DELETE", "/api/a/b/c")
     assert isinstance(found, Resolved) and found.params == {"path": "a/b/c"}
+    for rest in ("", "a", "/".join(map(str, range(40)))):  # zero or more, however many
+        found = router.resolve("DELETE", f"/api/{rest}")
+        assert isinstance(found, Resolved) and found.params == {"path": rest}, rest
+    assert len(router._by_length) <= 5, "one candidate list per pattern length, not per path"
     assert router.resolve("POST", "/play/live/cam") == NotAllowed(("GET", "HEAD"))
     assert router.resolve("GET", "/play/live") is None
     with pytest.raises(ValueError, match="must be the last segment"):

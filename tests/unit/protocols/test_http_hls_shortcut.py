@@ -5,6 +5,7 @@ them, and only while nothing has to be asked or waited for."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +51,7 @@ class Switch:
 @dataclass
 class Node:
     server: HttpServer
+    service: HlsService
     auth: Switch
     admission: Admission
     port: int
@@ -88,7 +90,8 @@ async def node() -> AsyncIterator[Node]:
     routes.answer_now = spy  # type: ignore[method-assign]
     segments = [line for line in playlist.splitlines() if line and not line.startswith("#")]
     try:
-        yield Node(server, auth, admission, server.listener.addresses[0][1], segments, quick)
+        yield Node(server, service, auth, admission, server.listener.addresses[0][1], segments,
+                   quick)
     finally:
         await engine.end_publish(KEY, "test over")
         token.cancel()
@@ -204,5 +207,59 @@ async def test_a_draining_node_answers_polls_503_and_bad_heads_get_400(node: Nod
         writer.write(f"GET {PLAYLIST} HTTP/1.1\r\nHost: t\r\nBad Header: x\r\n\r\n".encode())
         head = await asyncio.wait_for(reader.read(), 5)
         assert head.startswith(b"HTTP/1.1 400 ") and node.quick == []
+    finally:
+        writer.close()
+
+
+async def _status(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str) -> bytes:
+    writer.write(_get(path))
+    return (await _answer(reader))[0].split(b" ")[1]
+
+
+async def test_a_refusal_or_an_auth_reload_voids_what_the_connection_was_allowed(
+        node: Node) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
+    try:
+        assert await _status(reader, writer, PLAYLIST) == b"200"
+        node.auth.allow = False
+        # The handler asks again (a segment the shortcut cannot give) and is refused: the
+        # shortcut must not go on answering what the handler refuses.
+        assert await _status(reader, writer, f"/{KEY}/0-999.ts") == b"403"
+        assert await _status(reader, writer, PLAYLIST) == b"403"
+        node.auth.allow = True
+        assert await _status(reader, writer, PLAYLIST) == b"200"
+        assert await _status(reader, writer, PLAYLIST) == b"200"
+        asked = len(node.auth.asked)
+        node.server.forget_grants()  # what a config reload does when it swaps the providers
+        node.auth.allow = False
+        assert await _status(reader, writer, PLAYLIST) == b"403"
+        assert len(node.auth.asked) == asked + 1
+    finally:
+        writer.close()
+
+
+async def test_players_of_several_streams_on_one_connection_keep_their_grants(
+        node: Node) -> None:
+    other = "/live/other/index.m3u8"  # allowed, not published: the handler answers 404
+    reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
+    try:
+        assert await _status(reader, writer, PLAYLIST) == b"200"
+        assert await _status(reader, writer, other) == b"404"
+        assert await _status(reader, writer, PLAYLIST) == b"200"
+        assert len(node.quick) == 1 and len(node.auth.asked) == 2
+    finally:
+        writer.close()
+
+
+async def test_the_playlists_cache_lifetime_follows_reloaded_settings(node: Node) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
+    try:
+        for _ in range(2):  # the handler's answer, then the shortcut's
+            writer.write(_get(PLAYLIST))
+            assert b"Cache-Control: max-age=1\r\n" in (await _answer(reader))[0]
+        node.service.settings = dataclasses.replace(node.service.settings, segment_seconds=6.0)
+        writer.write(_get(PLAYLIST))
+        assert b"Cache-Control: max-age=3\r\n" in (await _answer(reader))[0]
+        assert len(node.quick) == 2
     finally:
         writer.close()

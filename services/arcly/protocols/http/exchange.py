@@ -80,9 +80,9 @@ def response_head(status: int, headers: dict[str, str], *, keep_alive: bool = Fa
 
 class Connection:
     """One client connection's state between its requests: how many it was answered, when
-    the next head is due, and the play it was last allowed (see ``allow``)."""
+    the next head is due, and the plays it was allowed lately (see ``allow``)."""
 
-    __slots__ = ("due", "grant", "idle", "ip", "reader", "served", "writer")
+    __slots__ = ("due", "grants", "idle", "ip", "reader", "served", "writer")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  ip: str = "") -> None:
@@ -92,17 +92,32 @@ class Connection:
         self.served = 0       # requests answered
         self.due = 0.0        # loop time by which the next request head must have come
         self.idle = False     # waiting between requests (not for the first one)
-        self.grant: tuple[StreamKey, dict[str, str], float] | None = None
+        # key -> (credentials, until, epoch): a few keys (a browser's players share one
+        # connection to a host), the oldest grant forgotten first
+        self.grants: dict[StreamKey, tuple[dict[str, str], float, int]] = {}
 
-    def allow(self, key: StreamKey, credentials: Mapping[str, str], until: float) -> None:
+    def allow(self, key: StreamKey, credentials: Mapping[str, str], until: float,
+              epoch: int) -> None:
         """Remember that this connection may play ``key`` with ``credentials`` until the
-        monotonic time ``until`` (its next requests need not be authorized again)."""
-        self.grant = (key, dict(credentials), until)
+        monotonic time ``until``, while the auth providers' ``epoch`` lasts (its next
+        requests need not be authorized again)."""
+        self.grants.pop(key, None)
+        if len(self.grants) >= MAX_GRANTS:
+            del self.grants[next(iter(self.grants))]
+        self.grants[key] = (dict(credentials), until, epoch)
 
-    def allowed(self, key: StreamKey, credentials: Mapping[str, str]) -> bool:
-        grant = self.grant
-        return (grant is not None and grant[0] == key and grant[1] == credentials
-                and time.monotonic() < grant[2])
+    def forget(self, app: str, stream: str) -> None:
+        """Drop the grant of ``app/stream`` (its play is being asked again)."""
+        for key in [k for k in self.grants if k.app == app and k.stream == stream]:
+            del self.grants[key]
+
+    def allowed(self, key: StreamKey, credentials: Mapping[str, str], epoch: int) -> bool:
+        grant = self.grants.get(key)
+        return (grant is not None and grant[0] == credentials and grant[2] == epoch
+                and time.monotonic() < grant[1])
+
+
+MAX_GRANTS = 8
 
 
 class Exchange:

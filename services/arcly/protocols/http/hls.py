@@ -22,10 +22,24 @@ class HlsRoutes:
     def __init__(self, hls: HlsService, admission: Admission) -> None:
         self.hls = hls
         self.admission = admission
-        # The playlist changes every part (Low-Latency: requests block for what is new) or
-        # every segment (let caches hold it for under half of one).
-        self._playlist_cache = {"Cache-Control": "no-cache" if hls.low_latency else
-                                f"max-age={int(hls.settings.segment_seconds / 2)}"}
+        self.epoch = 0  # grants of another epoch are void (see ``forget_grants``)
+        self._cache_for: tuple[object, dict[str, str]] | None = None
+
+    def forget_grants(self) -> None:
+        """Kept-alive players are authorized again on their next request (the auth providers
+        changed)."""
+        self.epoch += 1
+
+    def _playlist_cache(self) -> dict[str, str]:
+        """The playlist's Cache-Control: it changes every part (Low-Latency: requests block
+        for what is new) or every segment (let caches hold it for under half of one). Kept
+        until the settings change (a config reload)."""
+        settings = self.hls.settings
+        if self._cache_for is None or self._cache_for[0] is not settings:
+            value = "no-cache" if self.hls.low_latency else \
+                f"max-age={int(settings.segment_seconds / 2)}"
+            self._cache_for = (settings, {"Cache-Control": value})
+        return self._cache_for[1]
 
     async def _admit(self, exchange: Exchange, params: dict[str, str]) -> StreamKey | None:
         # The credentials, without the blocking-reload position (it changes on every reload
@@ -33,9 +47,12 @@ class HlsRoutes:
         query = exchange.request.query
         if query:
             query = {k: v for k, v in query.items() if not k.startswith("_HLS_")}
+        connection = exchange.connection
+        if connection is not None:  # asked again: what it was allowed lately holds no more
+            connection.forget(params["app"], params["stream"])
         key = await authorize_play(exchange, params, "hls", query)
-        if key is not None and exchange.connection is not None:
-            exchange.connection.allow(key, query, time.monotonic() + REAUTHORIZE)
+        if key is not None and connection is not None:
+            connection.allow(key, query, time.monotonic() + REAUTHORIZE, self.epoch)
         return key
 
     def quick_handlers(self) -> frozenset[Handler]:
@@ -56,7 +73,7 @@ class HlsRoutes:
             key = stream_key(params["app"], params["stream"])
         except InvalidStreamKey:
             return None
-        if not connection.allowed(key, query):
+        if not connection.allowed(key, query, self.epoch):
             return None
         if handler == self.playlist:
             client = f"{connection.ip}|{request.headers.get('user-agent', '')[:128]}"
@@ -65,7 +82,7 @@ class HlsRoutes:
             if playlist is None:
                 return None
             answer: tuple[int, str | bytes, str, dict[str, str]] = (
-                200, playlist, "application/vnd.apple.mpegurl", self._playlist_cache)
+                200, playlist, "application/vnd.apple.mpegurl", self._playlist_cache())
         else:
             kind = _MEDIA[handler.__name__]
             data = self.hls.segment(key, params["segment"] + kind[0])
@@ -107,7 +124,7 @@ class HlsRoutes:
         if playlist is None:
             exchange.respond(404, f"{key} is not being published\n")
             return
-        exchange.respond(200, playlist, "application/vnd.apple.mpegurl", self._playlist_cache)
+        exchange.respond(200, playlist, "application/vnd.apple.mpegurl", self._playlist_cache())
         self._sent(exchange, len(playlist))
 
     async def segment(self, exchange: Exchange, params: dict[str, str]) -> None:

@@ -102,6 +102,7 @@ class Router:
         # The routes that can match a path of N segments, in the order they were added (a
         # player's request tries a few patterns, not every route of the node).
         self._by_length: dict[int, list[Route]] = {}
+        self._longest = 0  # segments of the longest pattern
 
     def add(self, methods: str, pattern: str, handler: Handler) -> None:
         """Route ``methods`` (space-separated, or ``*``) on ``pattern`` to ``handler``."""
@@ -113,14 +114,17 @@ class Router:
             raise ValueError(f"{pattern}: {{name*}} must be the last segment")
         self.routes.append(Route(frozenset(wanted), pattern, handler, segments))
         self._by_length.clear()
+        self._longest = max(self._longest, len(segments))
 
     def _candidates(self, length: int) -> list[Route]:
+        # Paths longer than every pattern can only match {name*} routes: one list for them
+        # all (the cache holds a list per pattern length, whatever paths clients send).
+        length = min(length, self._longest + 1)
         found = self._by_length.get(length)
         if found is None:
-            found = [r for r in self.routes if len(r.segments) == length
-                     or (r.segments and r.segments[-1].rest and len(r.segments) - 1 <= length)]
-            if len(self._by_length) < 64:  # paths of any length may come: keep it bounded
-                self._by_length[length] = found
+            found = self._by_length[length] = [
+                r for r in self.routes if len(r.segments) == length
+                or (r.segments and r.segments[-1].rest and len(r.segments) - 1 <= length)]
         return found
 
     def resolve(self, method: str, path: str) -> Resolved | NotAllowed | None:

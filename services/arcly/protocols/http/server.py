@@ -204,8 +204,8 @@ class HttpServer(ListeningHandler):
         authorization asked (see ``HlsRoutes.answer_now``), a blocking reload, a head in
         pieces, pipelined requests, a client behind on reading, a stopping node."""
         connection = self._waiting.get(reader)
-        if connection is None or not connection.idle or reader.buffered() or \
-                data.find(b"\r\n\r\n") != len(data) - 4 or self.listener.stopping:
+        if connection is None or not connection.idle or reader.buffered() or len(data) < 4 \
+                or data.find(b"\r\n\r\n") != len(data) - 4 or self.listener.stopping:
             return False
         transport = connection.writer.transport
         if transport.get_write_buffer_size() > transport.get_write_buffer_limits()[0]:
@@ -229,6 +229,11 @@ class HttpServer(ListeningHandler):
         connection.served += 1
         connection.due = asyncio.get_running_loop().time() + self.settings.keepalive_timeout
         return True
+
+    def forget_grants(self) -> None:
+        """The auth providers changed: kept-alive HLS players are authorized again."""
+        if self.hls is not None:
+            self.hls.forget_grants()
 
     def _may_keep(self, request: Request, served: int) -> bool:
         """Whether the connection may take another request after this one: a bodiless GET or
