@@ -25,6 +25,7 @@ from arcly.engine import (
 from arcly.hls.service import HlsService, HlsSettings, HlsVariant
 from arcly.protocols.http import HttpServer
 from arcly.protocols.http import hls as hls_routes
+from arcly.protocols.http import server as http_server
 from arcly.protocols.listener import Admission
 from tests.support.wait import eventually
 from tests.unit.hls.test_service import session
@@ -263,3 +264,20 @@ async def test_the_playlists_cache_lifetime_follows_reloaded_settings(node: Node
         assert len(node.quick) == 2
     finally:
         writer.close()
+
+
+async def test_heads_parsed_once_are_shared_by_connections_and_kept_bounded(
+        node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http_server, "_PARSED", 2)
+    players = [await asyncio.open_connection("127.0.0.1", node.port) for _ in range(3)]
+    try:
+        for path in (PLAYLIST, *(f"/{KEY}/{uri}" for uri in node.segments)):
+            for reader, writer in players:  # the same bytes from every player
+                writer.write(_get(path))
+                head, body = await _answer(reader)
+                assert head.startswith(b"HTTP/1.1 200 ") and body
+            assert len(node.server._parsed) <= 2
+        assert len(node.quick) == 3 * len(node.segments), "all but each player's first request"
+    finally:
+        for _, writer in players:
+            writer.close()

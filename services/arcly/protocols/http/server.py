@@ -42,6 +42,8 @@ if TYPE_CHECKING:  # aiortc is imported only by nodes that serve WebRTC
 
 log = logging.getLogger("arcly.http")
 SWEEP = 0.25  # seconds between looks for late request heads (timeouts are kept to this)
+_PARSED = 1024  # heads kept parsed for the shortcut (then forgotten all at once) ...
+_PARSED_HEAD = 1024  # ... of at most this many bytes each
 
 _PREFLIGHT = {"Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",
               "Access-Control-Allow-Headers": "*"}
@@ -89,6 +91,10 @@ class HttpServer(ListeningHandler):
         self._waiting: dict[asyncio.StreamReader, Connection] = {}
         self.router = self._routes()
         self._quick = self.hls.quick_handlers() if self.hls is not None else frozenset()
+        # Heads the shortcut parsed and routed lately, by their bytes: a thousand players of a
+        # stream send the same playlist poll (and ask for the same new segment), byte for byte.
+        # Shared read-only: only the shortcut uses them.
+        self._parsed: dict[bytes, tuple[Request, Resolved]] = {}
 
     def _routes(self) -> Router:
         router = Router()
@@ -210,14 +216,22 @@ class HttpServer(ListeningHandler):
         transport = connection.writer.transport
         if transport.get_write_buffer_size() > transport.get_write_buffer_limits()[0]:
             return False  # the handler waits for it to drain (and cuts a stalled client)
-        try:
-            request = parse_request(data[:-4])
-        except ProtocolError:
-            return False  # the handler answers 400
+        parsed = self._parsed.get(data)
+        if parsed is None:
+            try:
+                request = parse_request(data[:-4])
+            except ProtocolError:
+                return False  # the handler answers 400
+            found = self.router.resolve(request.method, request.path)
+            if type(found) is not Resolved or found.handler not in self._quick:
+                return False
+            parsed = (request, found)
+            if len(data) <= _PARSED_HEAD:
+                if len(self._parsed) >= _PARSED:
+                    self._parsed.clear()
+                self._parsed[data] = parsed
+        request, found = parsed
         if not self._may_keep(request, connection.served):
-            return False
-        found = self.router.resolve(request.method, request.path)
-        if type(found) is not Resolved or found.handler not in self._quick:
             return False
         assert self.hls is not None
         answer = self.hls.answer_now(found.handler, request, found.params, connection)
