@@ -54,15 +54,23 @@ def response_parts(status: int, body: str | bytes = "", content_type: str = TEXT
                    keep_alive: bool = False) -> tuple[bytes, bytes]:
     """A whole response's head and body (sent without joining them: media is not copied)."""
     payload = body.encode() if isinstance(body, str) else body
+    prefix = head_prefix(status, content_type, extra, keep_alive=keep_alive)
+    return b"%sContent-Length: %d\r\n\r\n" % (prefix, len(payload)), payload
+
+
+def head_prefix(status: int, content_type: str = TEXT, extra: dict[str, str] | None = None,
+                *, keep_alive: bool = False) -> bytes:
+    """A whole response's head up to its ``Content-Length`` line (which ends it): built once
+    per shape, not once per request."""
     shape = (status, content_type, keep_alive, tuple(extra.items()) if extra else ())
     prefix = _PREFIXES.get(shape)
-    if prefix is None:  # every header but the length, once per shape (not once per request)
+    if prefix is None:
         headers = {"Content-Type": content_type, "Cache-Control": "no-cache", **(extra or {})}
         prefix = response_head(status, headers, keep_alive=keep_alive)[:-2]
         if len(_PREFIXES) >= 1024:  # shapes with per-request values (Location, ETag): bounded
             _PREFIXES.clear()
         _PREFIXES[shape] = prefix
-    return b"%sContent-Length: %d\r\n\r\n" % (prefix, len(payload)), payload
+    return prefix
 
 
 _PREFIXES: dict[tuple[object, ...], bytes] = {}

@@ -13,7 +13,14 @@ from arcly.engine import InvalidStreamKey, StreamKey
 from arcly.hls.service import BlockingReloadError, HlsService
 from arcly.protocols.listener import Admission
 
-from .exchange import Connection, Exchange, authorize_play, refuse_while_draining, stream_key
+from .exchange import (
+    Connection,
+    Exchange,
+    authorize_play,
+    head_prefix,
+    refuse_while_draining,
+    stream_key,
+)
 from .request import Request, quote_query
 from .router import Handler
 
@@ -60,8 +67,9 @@ class HlsRoutes:
         return frozenset((self.playlist, self.segment, self.fragment, self.init))
 
     def answer_now(self, handler: Handler, request: Request, params: dict[str, str],
-                   connection: Connection) -> tuple[int, str | bytes, str, dict[str, str]] | None:
-        """The answer to a request for ``handler`` (one of ``quick_handlers``) when it can be
+                   connection: Connection) -> tuple[bytes, bytes] | None:
+        """The answer to a request for ``handler`` (one of ``quick_handlers``), a kept-alive
+        200 (its head up to the length, see ``head_prefix``, and its body), when it can be
         given at once: the connection was allowed to play this key with these credentials
         within ``REAUTHORIZE`` seconds, and the live playlist or the media is there. None:
         ``handler`` answers it (authorizing again, waiting for media, or refusing). A node
@@ -81,14 +89,14 @@ class HlsRoutes:
                                              client=client)
             if playlist is None:
                 return None
-            answer: tuple[int, str | bytes, str, dict[str, str]] = (
-                200, playlist, "application/vnd.apple.mpegurl", self._playlist_cache())
+            answer = (head_prefix(200, "application/vnd.apple.mpegurl", self._playlist_cache(),
+                                  keep_alive=True), playlist.encode())
         else:
-            kind = _MEDIA[handler.__name__]
-            data = self.hls.segment(key, params["segment"] + kind[0])
+            extension, content_type = _MEDIA[handler.__name__]
+            data = self.hls.segment(key, params["segment"] + extension)
             if data is None:
                 return None
-            answer = (200, data, kind[1], _IMMUTABLE)
+            answer = (_MEDIA_HEADS[content_type], data)
         if request.method != "HEAD":
             self.hls.bytes_sent += len(answer[1])
         return answer
@@ -161,6 +169,8 @@ _IMMUTABLE = {"Cache-Control": "public, max-age=86400, immutable"}
 # The media handlers: the extension their URIs end in and the type they are served as.
 _MEDIA = {"segment": (".ts", "video/mp2t"), "fragment": (".m4s", "video/mp4"),
           "init": (".mp4", "video/mp4")}
+_MEDIA_HEADS = {content_type: head_prefix(200, content_type, _IMMUTABLE, keep_alive=True)
+               for _, content_type in _MEDIA.values()}
 # A kept-alive player's play is authorized again after this many seconds (its polls and
 # segments in between are answered without asking the auth provider, as SRS asks its on_play
 # hook once per HLS session): a revoked or expired credential stops working within this long,

@@ -25,7 +25,7 @@ from arcly.protocols.listener import (
 )
 
 from .api import ManagementApi
-from .exchange import Connection, Exchange, response, response_parts
+from .exchange import Connection, Exchange, response
 from .flv import FlvPlayback
 from .hls import HlsRoutes
 from .metrics import MetricsRoute
@@ -95,6 +95,7 @@ class HttpServer(ListeningHandler):
         # stream send the same playlist poll (and ask for the same new segment), byte for byte.
         # Shared read-only: only the shortcut uses them.
         self._parsed: dict[bytes, tuple[Request, Resolved]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def _routes(self) -> Router:
         router = Router()
@@ -237,11 +238,14 @@ class HttpServer(ListeningHandler):
         answer = self.hls.answer_now(found.handler, request, found.params, connection)
         if answer is None:
             return False
-        status, body, content_type, extra = answer
-        head, payload = response_parts(status, body, content_type, extra, keep_alive=True)
-        transport.writelines((head,) if request.method == "HEAD" else (head, payload))
+        prefix, body = answer
+        head = b"%sContent-Length: %d\r\n\r\n" % (prefix, len(body))
+        transport.writelines((head,) if request.method == "HEAD" else (head, body))
         connection.served += 1
-        connection.due = asyncio.get_running_loop().time() + self.settings.keepalive_timeout
+        loop = self._loop
+        if loop is None:  # once: asking for the running loop costs a getpid() system call
+            loop = self._loop = asyncio.get_running_loop()
+        connection.due = loop.time() + self.settings.keepalive_timeout
         return True
 
     def forget_grants(self) -> None:
