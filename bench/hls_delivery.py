@@ -8,8 +8,8 @@ serves. Then N clients behave like players, each on one kept-alive HTTP/1.1 conn
 the playlist, fetch the newest segments once each (starting three segments from the live edge),
 and fetch the playlist again every target duration. Clients run in a process of their own
 (joining at ``--rate``/s); the window measures the server's CPU (its process tree from /proc)
-and the bytes the clients received. Rounds are interleaved (arcly, nginx, arcly, nginx, ...);
-the median CPU s/GB of each server is kept and the ratio printed (target <= 1.5x).
+and the bytes the clients received. Rounds are interleaved (arcly, nginx, arcly, nginx, ...;
+five by default); the median CPU s/GB of each server is kept and the ratio printed (target <= 1.5x).
 
     make bench-hls               # or: .venv/bin/python bench/hls_delivery.py --clients 1000
 """
@@ -275,7 +275,7 @@ def main() -> None:
         p.add_argument("--window", type=float, default=12.0)
     parser.add_argument("--clients", default="1000")
     parser.add_argument("--servers", default="arcly,nginx-rtmp-hls")
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--out", type=Path,
                         default=REPO / "bench" / "results" / "hls_delivery.json")
     opts = parser.parse_args()
