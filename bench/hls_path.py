@@ -24,15 +24,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from streaming import source
 
-from arcly.engine import Engine, StreamKey
-from arcly.engine.frame import AUDIO, DATA, VIDEO
+from arcly.engine import Engine, FrameKind, StreamKey
 from arcly.hls.service import HlsService, HlsSettings, HlsVariant
 from arcly.media import flv
 from arcly.media.flv import make_frame
 from arcly.protocols.http.request import MAX_HEAD
 from arcly.protocols.http.server import HttpServer
 from arcly.protocols.http.settings import HttpSettings
-from arcly.protocols.listener import Reader, _ShortcutProtocol
+from arcly.protocols.listener import _ShortcutProtocol
 
 KEY = StreamKey("live", "bench")
 
@@ -89,8 +88,7 @@ async def _published(engine: Engine, hls: HlsService) -> list[str]:
     for tag in tags:
         if tag.timestamp > 9000:
             break
-        kind = AUDIO if tag.tag_type == 8 else VIDEO if tag.tag_type == 9 else DATA
-        handle.publish_frame(make_frame(kind, tag.timestamp, tag.body))
+        handle.publish_frame(make_frame(FrameKind(tag.tag_type), tag.timestamp, tag.body))
         await asyncio.sleep(0)
     for _ in range(100):
         await asyncio.sleep(0)
@@ -115,7 +113,8 @@ async def one_round(requests: int) -> tuple[float, int]:
         handled.append(asyncio.create_task(server._handle(engine, reader, writer)))
 
     # The listener's connection: reads go to the shortcut, then to the handler's stream.
-    protocol = _ShortcutProtocol(Reader(MAX_HEAD), handle, server._shortcut)  # type: ignore[arg-type]
+    protocol = _ShortcutProtocol(asyncio.StreamReader(MAX_HEAD), handle,  # type: ignore[arg-type]
+                                 server._shortcut)
     protocol.connection_made(transport)
     started = time.process_time()
     for index in range(requests):

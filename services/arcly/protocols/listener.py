@@ -99,22 +99,22 @@ class Admission:
 
 ClientHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 # A listener's synchronous answer to a read, before its handler task sees it (see ``Listener``).
-Shortcut = Callable[["Reader", bytes], bool]
+Shortcut = Callable[[asyncio.StreamReader, bytes], bool]
 
 
-class Reader(asyncio.StreamReader):
-    """The stream a connection's handler reads, telling how much it holds unread (a shortcut
-    may only answer a read that is all of a request: nothing may be waiting before it)."""
-
-    def buffered(self) -> int:
-        return len(self._buffer)  # type: ignore[attr-defined]  # asyncio's own buffer
+def unread(reader: asyncio.StreamReader) -> bytearray:
+    """What ``reader`` received and nobody read yet: its own buffer, live (asyncio has no
+    public way to it; ``_buffer`` is a bytearray in every version)."""
+    buffer: bytearray = getattr(reader, "_buffer", bytearray())
+    return buffer
 
 
 class _ShortcutProtocol(asyncio.StreamReaderProtocol):
     """A connection whose reads go to the listener's shortcut first; what it does not answer
     goes to the handler's stream as usual."""
 
-    def __init__(self, reader: Reader, handle: ClientHandler, shortcut: Shortcut) -> None:
+    def __init__(self, reader: asyncio.StreamReader, handle: ClientHandler,
+                 shortcut: Shortcut) -> None:
         super().__init__(reader, handle)
         self._reader = reader
         self._shortcut: Shortcut | None = shortcut
@@ -153,8 +153,7 @@ class Listener:
     ``goodbye`` (the protocol ends its sessions politely), gives connections ``grace`` seconds
     to finish, then aborts what is left. ``shortcut`` (optional) sees each read before the
     connection's handler does and returns True when it answered the read itself (e.g. an HLS
-    player's poll, answered without waking the handler's task); its connections' streams are
-    ``Reader``s."""
+    player's poll, answered without waking the handler's task)."""
 
     def __init__(self, protocol: str, host: str, port: int, admission: Admission, *,
                  read_limit: int, grace: float = 5.0, backlog: int = 0,
@@ -187,7 +186,8 @@ class Listener:
                 shortcut = self.shortcut
 
                 def connection() -> _ShortcutProtocol:  # what start_server builds, plus it
-                    return _ShortcutProtocol(Reader(self.read_limit), self._on_client, shortcut)
+                    return _ShortcutProtocol(asyncio.StreamReader(self.read_limit),
+                                             self._on_client, shortcut)
 
                 self._server = await asyncio.get_running_loop().create_server(
                     connection, self.host, self.port, backlog=self.backlog,

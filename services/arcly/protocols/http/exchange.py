@@ -55,7 +55,12 @@ def response_parts(status: int, body: str | bytes = "", content_type: str = TEXT
     """A whole response's head and body (sent without joining them: media is not copied)."""
     payload = body.encode() if isinstance(body, str) else body
     prefix = head_prefix(status, content_type, extra, keep_alive=keep_alive)
-    return b"%sContent-Length: %d\r\n\r\n" % (prefix, len(payload)), payload
+    return whole_head(prefix, len(payload)), payload
+
+
+def whole_head(prefix: bytes, length: int) -> bytes:
+    """A ``head_prefix`` ended with the body's length."""
+    return b"%sContent-Length: %d\r\n\r\n" % (prefix, length)
 
 
 def head_prefix(status: int, content_type: str = TEXT, extra: dict[str, str] | None = None,

@@ -18,14 +18,14 @@ from arcly.protocols.listener import (
     Admission,
     Listener,
     ListeningHandler,
-    Reader,
     close_writer,
     peer_ip,
     peer_name,
+    unread,
 )
 
 from .api import ManagementApi
-from .exchange import Connection, Exchange, response
+from .exchange import Connection, Exchange, response, whole_head
 from .flv import FlvPlayback
 from .hls import HlsRoutes
 from .metrics import MetricsRoute
@@ -202,7 +202,7 @@ class HttpServer(ListeningHandler):
         finally:
             await close_writer(writer)
 
-    def _shortcut(self, reader: Reader, data: bytes) -> bool:
+    def _shortcut(self, reader: asyncio.StreamReader, data: bytes) -> bool:
         """Answer ``data`` at once if it is all of one request an HLS player makes on a
         kept-alive connection (its playlist poll, a segment), nothing has to be waited for, and
         the connection's handler waits idle for it: no task switch and no ``Exchange`` for the
@@ -211,7 +211,7 @@ class HttpServer(ListeningHandler):
         authorization asked (see ``HlsRoutes.answer_now``), a blocking reload, a head in
         pieces, pipelined requests, a client behind on reading, a stopping node."""
         connection = self._waiting.get(reader)
-        if connection is None or not connection.idle or reader.buffered() or len(data) < 4 \
+        if connection is None or not connection.idle or unread(reader) or len(data) < 4 \
                 or data.find(b"\r\n\r\n") != len(data) - 4 or self.listener.stopping:
             return False
         transport = connection.writer.transport
@@ -239,7 +239,7 @@ class HttpServer(ListeningHandler):
         if answer is None:
             return False
         prefix, body = answer
-        head = b"%sContent-Length: %d\r\n\r\n" % (prefix, len(body))
+        head = whole_head(prefix, len(body))
         transport.writelines((head,) if request.method == "HEAD" else (head, body))
         connection.served += 1
         loop = self._loop

@@ -46,6 +46,7 @@ from arcly.protocols.listener import (
     ListeningHandler,
     close_writer,
     peer_name,
+    unread,
 )
 from arcly.protocols.readmerge import DEFAULT_READ_MERGE_MAX, MERGE_BELOW, ReadMerger
 
@@ -273,9 +274,8 @@ class _Session:
         merger = self.server.merger
         merger.joined()
         try:
-            # What the StreamReader already holds comes first. (asyncio has no public way to
-            # take a StreamReader's buffer; its ``_buffer`` is a bytearray in every version.)
-            buffered: bytearray = getattr(self.reader, "_buffer", bytearray())
+            # What the StreamReader already holds comes first.
+            buffered = unread(self.reader)
             leftover, at_eof = bytes(buffered), self.reader.at_eof()
             buffered.clear()
             transport.set_protocol(fast)
