@@ -153,10 +153,14 @@ def test_fallback_keeps_flv_and_hls_js_viewers_playing_while_the_publisher_is_aw
     url = f"rtmp://127.0.0.1:{node.rtmp}/live/always"
     publisher = FfmpegPublisher(ffmpeg, source_flv, url)
     page = browser.new_page()
-    capture = FlvCapture(f"http://127.0.0.1:{node.http}/live/always.flv", tmp_path / "cap.flv")
+    capture: FlvCapture | None = None
     playlist_url = f"http://127.0.0.1:{node.http}/live/always/index.m3u8"
     try:
         node.wait_for_stream("live/always", frames=8, timeout=20)
+        # HTTP-FLV of a stream nobody publishes is a 404 (as nginx's flv module answers), so the
+        # capture starts once the stream is there
+        capture = FlvCapture(f"http://127.0.0.1:{node.http}/live/always.flv",
+                             tmp_path / "cap.flv")
         page.goto(f"http://127.0.0.1:{node.http}/play/live/always")
         page.wait_for_function("document.getElementById('video').currentTime > 2",
                                timeout=45_000)
@@ -211,7 +215,8 @@ def test_fallback_keeps_flv_and_hls_js_viewers_playing_while_the_publisher_is_aw
         assert node.log_text().count("recording finalized stream=live/always") == 1
         assert len(list((recordings / "live" / "always").glob("*.flv"))) == 2
     finally:
-        capture.finish()
+        if capture is not None:
+            capture.finish()
         page.close()
         publisher.stop()
 
