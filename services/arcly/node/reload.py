@@ -120,7 +120,7 @@ class Reloader:
                     continue
                 seen = await asyncio.to_thread(self._fingerprint)
                 if seen != self._seen:
-                    await self.reload("file changed")
+                    await self.reload("file changed", if_changed=True)
         finally:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(signal.SIGHUP)
@@ -136,14 +136,19 @@ class Reloader:
                 digest.update(repr(exc).encode())
         return digest.digest()
 
-    async def reload(self, why: str) -> bool:
+    async def reload(self, why: str, *, if_changed: bool = False) -> bool:
         """Read and apply the config again; False (and the running config stays) when the new
-        one is refused."""
+        one is refused. ``if_changed``: only when the files differ from what the last reload
+        read (the poller's change may have been loaded meanwhile by a SIGHUP or the API, and
+        one edit must make one generation)."""
         async with self._lock:
             if not self.watched:
                 log.info("config reload (%s): no config file or auth config to reload", why)
                 return False
-            self._seen = await asyncio.to_thread(self._fingerprint)
+            seen = await asyncio.to_thread(self._fingerprint)
+            if if_changed and seen == self._seen:
+                return False
+            self._seen = seen
             try:
                 assert self.source is not None  # watched is empty without one
                 new = await asyncio.to_thread(self.source.build)

@@ -117,6 +117,31 @@ def test_a_reload_refuses_bad_files_and_keeps_what_needs_a_restart(
     assert not {"rtmp_listen", "http_listen", "grpc_listen", "redis_url"} & RELOADABLE
 
 
+def test_one_edit_loaded_by_sighup_and_then_seen_by_the_poller_makes_one_generation(
+        tmp_path: Path) -> None:
+    path = write(tmp_path, "max_publishers = 5\n")
+    source = ConfigSource({"config": path}, {})
+    applied: list[NodeConfig] = []
+
+    async def apply(old: NodeConfig, new: NodeConfig, auth: PerApp | None) -> None:
+        applied.append(new)
+
+    reloader = Reloader(source, source.build(), apply)
+
+    async def scenario() -> None:
+        Path(path).write_text("max_publishers = 7\n")
+        # the poller saw the change, but the SIGHUP's reload took the lock first
+        assert await reloader.reload("SIGHUP")
+        assert not await reloader.reload("file changed", if_changed=True)
+        Path(path).write_text("max_publishers = 9\n")
+        assert await reloader.reload("file changed", if_changed=True)
+        assert await reloader.reload("SIGHUP")  # asked for explicitly: loaded again
+
+    asyncio.run(scenario())
+    assert reloader.generation == 4
+    assert [c.max_publishers for c in applied] == [7, 9, 9]
+
+
 @pytest.mark.parametrize("text", ['[auth]\ndefault = "allow-all"\n',
                                   '[auth.apps]\nlive = "static"\n',
                                   '[auth.default]\nprovider = "static"\n[auth.other]\n'])
