@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import subprocess
@@ -159,14 +160,17 @@ def http_status(url: str, headers: dict[str, str] | None = None, method: str = "
 
 
 class LivePublisher:
-    """A test-client publisher kept connected in a background thread."""
+    """A test-client publisher in a background thread: it sends ``tags`` in real time, then
+    stays connected (silent) until the node closes the connection or ``stop()`` is called,
+    so the stream outlasts whatever the test does meanwhile, however slow the machine."""
 
     def __init__(self, node: Node, app: str, name: str, tags: list[Any]) -> None:
+        import threading
+
         self.status = ""
         self.closed = False
+        self._stopping = threading.Event()
         self._loop = asyncio.new_event_loop()
-        import threading
-        self._stop = asyncio.Event()
         self._thread = threading.Thread(target=self._loop.run_until_complete,
                                         args=(self._run(node, app, name, tags),), daemon=True)
         self._started = threading.Event()
@@ -184,18 +188,25 @@ class LivePublisher:
             delay = tag.timestamp / 1000 - (time.monotonic() - start)
             if delay > 0:
                 await asyncio.sleep(delay)
-            if client.reader.at_eof():
+            if client.reader.at_eof() or self._stopping.is_set():
                 break
             client.send_media(tag.tag_type, tag.timestamp, tag.body)
         try:
-            while True:
-                await client.read_message(0.2)
-        except (EOFError, TimeoutError):
+            while not self._stopping.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await client.read_message(0.2)
+        except EOFError:
             self.closed = client.closed
         await client.close()
 
     def join(self, timeout: float = 30) -> None:
+        """Wait for the node to close the connection."""
         self._thread.join(timeout)
+
+    def stop(self) -> None:
+        """Leave (the test is done with the stream)."""
+        self._stopping.set()
+        self._thread.join(30)
 
 
 def test_static_keys_guard_publish_play_flv_and_hls(secured: Node, source_flv: Path) -> None:
@@ -333,4 +344,4 @@ def test_each_provider_guards_play_over_rtmp_flv_and_hls(
     assert http_status(f"{base}.flv?{allowed}") == 200
     assert http_status(f"{base}/index.m3u8?{refused}") == 403
     assert http_status(f"{base}/index.m3u8?{allowed}") == 200
-    live.join()
+    live.stop()

@@ -149,6 +149,19 @@ async def cluster(kmock: Any) -> AsyncIterator[tuple[Any, aiohttp.ClientSession,
         redis_server.stop()
 
 
+async def beating(node: NodeRegistry, load: NodeLoad) -> asyncio.Task[None]:
+    """A fake node's heartbeats, every second, as a running node sends them (its record lapses
+    after three missed ones); ``heartbeat(load)`` sets what the following ones report."""
+    await node.heartbeat(load)
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            await node.heartbeat()
+
+    return asyncio.create_task(beat())
+
+
 def status(kmock: Any) -> dict[str, Any]:
     obj = kmock.objects["arcly.io/v1alpha1/arclyclusters", NS, "demo"]
     return dict(obj.get("status") or {})
@@ -171,9 +184,9 @@ async def test_operator_manages_node_lifecycle_releases_reaps_and_reports(
     lost = _Lost()
     stop = asyncio.Event()
     running = asyncio.create_task(node.run(stop, lost))  # its session, heartbeats, events
+    beat = await beating(edge, NodeLoad(streams=1, viewers=42))
     try:
         # The nodes run: heartbeats, and the origin owns two keys (one goes idle).
-        await edge.heartbeat(NodeLoad(streams=1, viewers=42))
         await eventually(lambda: node.session)
         kept = StreamKey("live", "cam")
         idle = StreamKey("live", "quiet")
@@ -234,6 +247,8 @@ async def test_operator_manages_node_lifecycle_releases_reaps_and_reports(
         assert await raw.get(node.keys.owner(kept)) is None
         assert operator.proc.poll() is None, "\n".join(operator.lines)
     finally:
+        beat.cancel()
+        await asyncio.gather(beat, return_exceptions=True)
         stop.set()
         await asyncio.wait_for(running, 10)
         await raw.aclose()
@@ -246,8 +261,8 @@ async def test_two_replicas_one_acts_and_the_other_takes_over_when_it_dies(
     kmock, api, redis_server, start = cluster
     edge = NodeRegistry(RegistrySettings(url=redis_server.url), node_id="demo-edge-1",
                         role=NodeRole.EDGE)
+    beat = await beating(edge, NodeLoad(streams=1, viewers=5))
     try:
-        await edge.heartbeat(NodeLoad(streams=1, viewers=5))
         await api.post(f"/api/v1/namespaces/{NS}/pods", json=pod("demo-edge-1", "edge",
                                                                  ready=True))
         first = start("op-a")
@@ -291,6 +306,8 @@ async def test_two_replicas_one_acts_and_the_other_takes_over_when_it_dies(
         assert kmock.objects["coordination.k8s.io/v1/leases", NS, "demo-operator"][
             "spec"]["holderIdentity"] == ""
     finally:
+        beat.cancel()
+        await asyncio.gather(beat, return_exceptions=True)
         await edge.close()
 
 

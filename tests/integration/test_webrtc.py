@@ -170,7 +170,14 @@ def test_a_hundred_sessions_leave_nothing_behind(
     rss_before = node.rss_kib()
     ports = asyncio.run(rounds(10))
     assert all(41000 <= port <= 41063 for port in ports)
-    after = wait_until(settled, 20, message="sessions, transcoders or UDP sockets left behind")
+
+    def cleaned() -> dict[str, Any] | None:
+        now = settled()  # and the sessions' tasks and threads ended too
+        return now if now is not None and now["tasks"] <= before["tasks"] + 2 and \
+            now["os_threads"] <= before["os_threads"] + 8 else None
+
+    after = wait_until(cleaned, 20, message="sessions, transcoders, UDP sockets, tasks or "
+                                            "threads left behind")
     grown = node.rss_kib() - rss_before
     print(f"\n100 WHEP sessions: before {before}, after {after}, RSS {grown:+d} KiB "
           f"({grown / 100:.0f} KiB per session)")

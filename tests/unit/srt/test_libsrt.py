@@ -469,11 +469,13 @@ def test_epoll_does_not_report_callers_that_arrived_before_the_listener_was_adde
     listener = srt.socket(rcvsyn=False)
     srt.lib.bind(listener, "127.0.0.1", 0)
     srt.lib.listen(listener, 8)
+    probe = srt.epoll()  # watching from the start: tells when the caller is queued
+    srt.lib.epoll_add_usock(probe, listener, EpollFlag.IN)
     srt.caller(srt.lib.getsockname(listener)[1])
-    # the caller's connect returns when it has the listener's conclusion; the listener queues
-    # the accepted socket (and would signal an epoll already watching) on its own receive
-    # thread, a moment later: let it settle, or the epoll added below races that signal
-    time.sleep(0.5)
+    # The caller's connect returns when it has the listener's conclusion; the listener queues
+    # the accepted socket (and signals the epolls watching) on its own receive thread, a
+    # moment later. The epoll under test is added once that has happened.
+    assert srt.lib.epoll_uwait(probe, 5000) == [(listener, EpollFlag.IN)]
     eid = srt.epoll()
     srt.lib.epoll_add_usock(eid, listener, EpollFlag.IN)
     assert srt.lib.epoll_uwait(eid, 300) == []
