@@ -24,6 +24,9 @@ class EngineConfig:
     ``stale_publisher``: a new publish of a key whose publisher has sent nothing for this many
     seconds replaces it (a broadcaster reconnecting after a network blip, before the old
     connection noticed it was dead); a live publisher is never replaced. None: never.
+    ``max_on_demand_fallbacks``: on-demand fallbacks (keys nobody has published, fed from
+    their app's fallback because a viewer asked) running at once; past it such a key is not
+    found, so a client asking for made-up names cannot start streams without end.
     """
 
     idle_timeout: float | None = 30.0
@@ -38,6 +41,7 @@ class EngineConfig:
     part_target: float = 0.2
     upstream_linger: float = 5.0
     stale_publisher: float | None = 2.0
+    max_on_demand_fallbacks: int = 100
 
     def __post_init__(self) -> None:
         if self.idle_timeout is not None and self.idle_timeout <= 0:
@@ -47,6 +51,6 @@ class EngineConfig:
         if not 0 <= self.part_target <= self.segment_target:
             raise ValueError("part_target must be between 0 and segment_target")
         for name in ("gop_max_frames", "gop_max_bytes", "viewer_backlog_frames",
-                     "viewer_backlog_bytes", "viewer_max_skips"):
+                     "viewer_backlog_bytes", "viewer_max_skips", "max_on_demand_fallbacks"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")

@@ -79,6 +79,10 @@ class Engine:
         self._pull_root = ShutdownToken()
         self.fallback = fallback
         self._fallbacks: dict[StreamKey, asyncio.Task[None]] = {}  # keys a fallback feeds
+        # of those, started for a viewer (or being claimed for one), and not published since
+        self._on_demand_keys: set[StreamKey] = set()
+        self._on_demand_refused = 0
+        self._on_demand_logged = float("-inf")
 
     # -- publish registry -------------------------------------------------------------------
 
@@ -128,6 +132,7 @@ class Engine:
         if stream is None or (token is not None and stream.token != token):
             return False
         feeding = self._fallbacks.pop(key, None)
+        self._on_demand_keys.discard(key)
         if feeding is None and self._fall_back(stream, reason):
             return True
         if feeding is not None and feeding is not asyncio.current_task():
@@ -270,10 +275,22 @@ class Engine:
         source = self.fallback.fallback_for(key, on_demand=True)
         if source is None:
             return None
+        cap = self.config.max_on_demand_fallbacks
+        if len(self._on_demand_keys) >= cap:
+            await _close(source)
+            self._on_demand_refused += 1
+            now = self.clock()
+            if now - self._on_demand_logged >= 1.0:  # one line a second, however many ask
+                self._on_demand_logged = now
+                log.warning("on-demand fallback refused stream=%s reason='%d running, the "
+                            "limit' refused_total=%d", key, cap, self._on_demand_refused)
+            return None
         self._claiming.add(key)
+        self._on_demand_keys.add(key)  # counted from now: claims of others run meanwhile
         try:
             token = await self.ownership.claim(key)
         except BaseException as exc:
+            self._on_demand_keys.discard(key)
             await _close(source)
             if not isinstance(exc, ArclyError):
                 raise
@@ -299,6 +316,7 @@ class Engine:
         keyframe, when the observers hear of the publish."""
         key = stream.key
         self._fallbacks.pop(key).cancel()
+        self._on_demand_keys.discard(key)
         stream.protocol, stream.peer = protocol, peer
         session = stream.session = PublishSession(announced=False)
         log.info("fallback end stream=%s reason='publisher back' peer=%s", key, peer)

@@ -116,6 +116,7 @@ class NodeConfig:
     max_connections_per_ip: int = _LIMITS.max_connections_per_ip
     max_publishers: int = _LIMITS.max_publishers
     max_viewers_per_stream: int = _LIMITS.max_viewers_per_stream
+    max_on_demand_fallbacks: int = _ENGINE.max_on_demand_fallbacks
     handshake_timeout: float = _RTMP.handshake_timeout
     command_timeout: float = _RTMP.command_timeout
     write_coalesce_ms: float = DEFAULT_COALESCE * 1000
@@ -348,6 +349,8 @@ _OPTIONS: list[tuple[str, object, str]] = [
     ("--max-connections-per-ip", _positive_int, "open connections from one client IP"),
     ("--max-publishers", _positive_int, "live publishers on this node"),
     ("--max-viewers-per-stream", _positive_int, "viewers of one stream on this node"),
+    ("--max-on-demand-fallbacks", _positive_int,
+     "on-demand fallbacks running at once (unpublished keys a viewer asked for)"),
     ("--handshake-timeout", _positive_float,
      "seconds an RTMP client has for its handshake, an HTTP client for its request head"),
     ("--command-timeout", _positive_float,

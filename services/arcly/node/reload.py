@@ -37,6 +37,7 @@ RELOADABLE = frozenset({
     "log_level", "log_json",
     "auth", "auth_config", "apps",
     "max_connections", "max_connections_per_ip", "max_publishers", "max_viewers_per_stream",
+    "max_on_demand_fallbacks",
     "idle_timeout", "gop_max_bytes", "viewer_backlog_bytes",
     # Not the segment and part targets: a live playlist's must not change (RFC 8216).
     "hls_window", "hls_on_publish",

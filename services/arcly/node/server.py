@@ -85,6 +85,7 @@ def engine_config(config: NodeConfig, base: EngineConfig | None = None) -> Engin
         segment_target=config.hls_segment_seconds,
         part_target=config.hls_part_ms / 1000,
         upstream_linger=config.edge_linger,
+        max_on_demand_fallbacks=config.max_on_demand_fallbacks,
     )
 
 

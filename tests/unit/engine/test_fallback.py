@@ -163,6 +163,33 @@ async def test_on_demand_fallback_opens_an_unpublished_key_and_closes_without_vi
     assert fallbacks.sources[0].closed
 
 
+async def test_on_demand_fallbacks_are_capped_and_a_published_key_frees_its_place(
+        caplog: pytest.LogCaptureFixture) -> None:
+    def key(name: str) -> StreamKey:
+        return StreamKey("live", name)
+
+    fallbacks = Fallbacks(on_demand=True)
+    engine = Engine(EngineConfig(max_on_demand_fallbacks=2), fallback=fallbacks)
+    viewers = list(await asyncio.gather(*(engine.subscribe(key(n)) for n in ("a", "b"))))
+    for name in ("c", "d"):  # a client making up names gets nowhere
+        with pytest.raises(StreamNotFound):
+            await engine.subscribe(key(name))
+    assert len(fallbacks.sources) == 4 and all(s.closed for s in fallbacks.sources[2:])
+    assert caplog.text.count("on-demand fallback refused") == 1  # once a second, not per ask
+    assert "stream=live/c reason='2 running, the limit' refused_total=1" in caplog.text
+    await engine.start_publish(key("a"), protocol="rtmp")  # a publisher adopts live/a ...
+    viewers.append(await engine.subscribe(key("c")))  # ... and its place is free
+    with pytest.raises(StreamNotFound):
+        await engine.subscribe(key("d"))
+    await engine.end_publish(key("b"), CloseReason.SHUTDOWN)  # an on-demand stream ends
+    viewers.append(await engine.subscribe(key("d")))
+    assert engine.stream(key("d")) is not None and engine.stream(key("d")).protocol == FALLBACK
+    for viewer in viewers:
+        viewer.close()
+    for name in ("a", "c", "d"):
+        await engine.end_publish(key(name), CloseReason.SHUTDOWN)
+
+
 def test_the_splicer_rebases_loops_and_keeps_tracks_monotonic() -> None:
     cuts: list[bool] = []
     splicer = Splicer(cuts.append, last_sent={FrameKind.VIDEO: 4967, FrameKind.AUDIO: 5000})

@@ -133,3 +133,15 @@ async def test_a_reload_that_swaps_the_auth_providers_voids_hls_grants() -> None
                  per_app=PerApp({}, AllowAll()), http=http)
     await _reconfigure(node, engine, config, config, PerApp({}, AllowAll()))
     assert http.forgotten == 1
+
+
+async def test_a_reload_sets_the_on_demand_fallback_cap_the_engine_checks_next() -> None:
+    engine = Engine()
+    old = NodeConfig()
+    new = load_config(["--max-on-demand-fallbacks", "7"], env={})
+    assert old.max_on_demand_fallbacks == EngineConfig().max_on_demand_fallbacks == 100
+    node = _Node(role=NodeRole.SINGLE, config=old, identity={}, admission=Admission())
+    await _reconfigure(node, engine, old, new, None)
+    assert engine.config.max_on_demand_fallbacks == 7
+    with pytest.raises(SystemExit):
+        load_config(["--max-on-demand-fallbacks", "0"], env={})
