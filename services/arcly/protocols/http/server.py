@@ -242,11 +242,16 @@ class HttpServer(ListeningHandler):
         head = whole_head(prefix, len(body))
         transport.writelines((head,) if request.method == "HEAD" else (head, body))
         connection.served += 1
-        loop = self._loop
-        if loop is None:  # once: asking for the running loop costs a getpid() system call
-            loop = self._loop = asyncio.get_running_loop()
-        connection.due = loop.time() + self.settings.keepalive_timeout
+        connection.due = self._now() + self.settings.keepalive_timeout
         return True
+
+    def _now(self) -> float:
+        """The event loop's clock. The loop is looked up once: asking for the running loop
+        costs a getpid() system call, and this runs for every request."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop.time()
 
     def forget_grants(self) -> None:
         """The auth providers changed: kept-alive HLS players are authorized again."""
@@ -274,7 +279,7 @@ class HttpServer(ListeningHandler):
         quietly when none comes within ``keepalive_timeout``, or when the node stops)."""
         reader, writer = connection.reader, connection.writer
         connection.idle = idle = connection.served > 0
-        connection.due = asyncio.get_running_loop().time() + (
+        connection.due = self._now() + (
             self.settings.keepalive_timeout if idle else self.settings.header_timeout)
         self._waiting[reader] = connection
         try:
