@@ -14,7 +14,7 @@ import pytest
 from arcly.engine import Engine, EngineConfig, FrameKind, PublishHandle, ShutdownToken, StreamKey
 from arcly.media import amf0
 from arcly.media.flv import make_frame
-from arcly.protocols.http import HttpServer
+from arcly.protocols.http import HttpServer, api
 from arcly.protocols.http.router import NotAllowed, Resolved, Router
 from arcly.protocols.http.server import SWEEP
 from arcly.protocols.http.settings import HttpSettings
@@ -127,6 +127,24 @@ async def test_stream_documents_show_codecs_viewers_and_subscribers(node: Start)
     assert [(s["protocol"], s["peer"], s["delivered_frames"]) for s in detail["subscribers"]] \
         == [("flv", "2.2.2.2:2", 4), ("flv", "3.3.3.3:3", 4), ("rtmp", "1.1.1.1:1", 4)]
     assert "upstream" not in detail, "only edges say where a stream comes from"
+
+
+async def test_viewers_are_people_as_the_metric_counts_them() -> None:
+    engine = Engine()
+    await publish(engine)
+    for protocol, viewer in (("rtmp", True), ("http-flv", True), ("webrtc", True),
+                             ("hls", False), ("record", False), ("webrtc-audio", False),
+                             ("relay", False), ("relay", False)):
+        await engine.subscribe(KEY, protocol=protocol, peer="p", viewer=viewer)
+    stream = engine.stream(KEY)
+    assert stream is not None
+    players = {KEY: 4}  # clients that polled the playlist lately
+    # The segmenter, the recorder and the transcoder are not viewers; edges are relays.
+    assert api.stream_summary(engine, stream, players[KEY])["viewers"] == {
+        "rtmp": 1, "flv": 1, "webrtc": 1, "hls": 4, "total": 7, "relay": 2}
+    document = api.streams_document(engine, players)
+    assert document["streams"][0]["viewers"]["total"] == 7
+    assert api.streams_document(engine)["streams"][0]["viewers"]["hls"] == 0
 
 
 async def test_node_document_and_not_found(node: Start) -> None:

@@ -14,7 +14,7 @@ import logging
 import re
 import threading
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -60,11 +60,18 @@ def stream_codecs(stream: Stream) -> dict[str, Any]:
 _API_PROTOCOL = {"http-flv": "flv"}
 
 
-def stream_summary(engine: Engine, stream: Stream) -> dict[str, Any]:
-    counts = Counter(_API_PROTOCOL.get(s.protocol, s.protocol) for s in stream.subscribers)
-    viewers: dict[str, int] = {"rtmp": 0, "flv": 0, "hls": 0, "relay": 0}
+def stream_summary(engine: Engine, stream: Stream, hls_players: int = 0) -> dict[str, Any]:
+    """``viewers`` counts people, as the ``arcly_viewers`` metric and the node's load do: the
+    subscriptions of players by protocol, and ``hls_players`` (clients that polled a playlist
+    lately; HLS has no sessions). ``relay``: edges relaying the stream (not in ``total``).
+    Segmenters, recorders and transcoders are subscribers, not viewers."""
+    counts = Counter(_API_PROTOCOL.get(s.protocol, s.protocol)
+                     for s in stream.subscribers if s.viewer)
+    viewers: dict[str, int] = {"rtmp": 0, "flv": 0, "hls": 0}
     viewers.update(counts)
-    viewers["total"] = sum(counts.values())
+    viewers["hls"] += hls_players
+    viewers["total"] = sum(viewers.values())
+    viewers["relay"] = sum(1 for s in stream.subscribers if s.protocol == "relay")
     uptime = max(engine.clock() - stream.started_at, 1e-3)
     return {
         "key": str(stream.key),
@@ -82,8 +89,8 @@ def stream_summary(engine: Engine, stream: Stream) -> dict[str, Any]:
     }
 
 
-def stream_detail(engine: Engine, stream: Stream) -> dict[str, Any]:
-    detail = stream_summary(engine, stream)
+def stream_detail(engine: Engine, stream: Stream, hls_players: int = 0) -> dict[str, Any]:
+    detail = stream_summary(engine, stream, hls_players)
     describe = getattr(engine.upstream, "describe", None)
     if describe is not None:  # an edge: where the stream is relayed from
         detail["upstream"] = describe(stream.key)
@@ -94,8 +101,10 @@ def stream_detail(engine: Engine, stream: Stream) -> dict[str, Any]:
     return detail
 
 
-def streams_document(engine: Engine) -> dict[str, Any]:
-    return {"streams": [stream_summary(engine, s)
+def streams_document(engine: Engine,
+                     hls_players: Mapping[StreamKey, int] | None = None) -> dict[str, Any]:
+    players = hls_players or {}
+    return {"streams": [stream_summary(engine, s, players.get(s.key, 0))
                         for s in sorted(engine.streams(), key=lambda s: str(s.key))]}
 
 
@@ -120,8 +129,10 @@ class ManagementApi:
     def __init__(self, engine: Engine, admission: Admission, *,
                  node: Callable[[], dict[str, Any]], token: str = "",
                  webrtc: Callable[[], dict[str, Any]] | None = None,
-                 srt: Callable[[], Awaitable[list[dict[str, Any]]]] | None = None) -> None:
+                 srt: Callable[[], Awaitable[list[dict[str, Any]]]] | None = None,
+                 hls_viewers: Callable[[], Mapping[StreamKey, int]] | None = None) -> None:
         self.engine = engine
+        self.hls_viewers = hls_viewers  # HLS players per key, when the node serves HLS
         self.srt = srt  # the SRT connections' figures, when the node serves SRT
         self.webrtc = webrtc  # the WebRTC sessions' summary, when the node serves WebRTC
         self.admission = admission
@@ -164,8 +175,11 @@ class ManagementApi:
     async def openapi(self, exchange: Exchange, params: dict[str, str]) -> None:
         exchange.respond(200, openapi_document(), JSON)
 
+    def _hls_players(self) -> Mapping[StreamKey, int]:
+        return self.hls_viewers() if self.hls_viewers is not None else {}
+
     async def streams(self, exchange: Exchange, params: dict[str, str]) -> None:
-        exchange.json(200, streams_document(self.engine))
+        exchange.json(200, streams_document(self.engine, self._hls_players()))
 
     async def node_document(self, exchange: Exchange, params: dict[str, str]) -> None:
         streams = self.engine.streams()
@@ -173,7 +187,8 @@ class ManagementApi:
                     "connections": self.admission.connections,
                     "limits_hit": dict(self.admission.refused),
                     "streams": len(streams),
-                    "viewers": sum(len(s.subscribers) for s in streams),
+                    "viewers": sum(1 for s in streams for sub in s.subscribers if sub.viewer)
+                    + sum(self._hls_players().values()),
                     "runtime": runtime()}
         if self.webrtc is not None:
             summary = self.webrtc()
@@ -204,7 +219,8 @@ class ManagementApi:
         if stream is None:
             exchange.json(404, {"error": "not found"})
         else:
-            exchange.json(200, stream_detail(self.engine, stream))
+            exchange.json(200, stream_detail(self.engine, stream,
+                                             self._hls_players().get(stream.key, 0)))
 
     async def kick(self, exchange: Exchange, params: dict[str, str]) -> None:
         """End the publish: the publisher is disconnected, viewers get the end of the

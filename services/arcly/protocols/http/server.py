@@ -77,7 +77,7 @@ class HttpServer(ListeningHandler):
         self.hls = HlsRoutes(hls, self.admission) if hls is not None else None
         self.api = ManagementApi(engine, self.admission, node=node, token=api_token,
                                  webrtc=webrtc.summary if webrtc is not None else None,
-                                 srt=srt)
+                                 srt=srt, hls_viewers=hls.viewers if hls is not None else None)
         self.probes = Probes(self.listener, self.admission)
         self.metrics = MetricsRoute(metrics)
         self.webrtc = webrtc
