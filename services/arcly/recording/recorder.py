@@ -29,6 +29,7 @@ from arcly.engine import (
     EngineConfig,
     Frame,
     FrameKind,
+    InvalidStreamKey,
     NullObserver,
     PublishRegistry,
     ShutdownToken,
@@ -48,6 +49,7 @@ from .storage import FilesystemStorage
 
 log = logging.getLogger("arcly.recording")
 _F64 = struct.Struct(">d")
+_NAMED_KEPT = 4096  # recording names remembered against reuse (see ``_unused``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,16 +82,23 @@ def _metadata_tag(publisher: dict[str, Any], start: float) -> tuple[bytes, int, 
     return body, duration_at, filesize_at
 
 
+def recording_base(key: StreamKey, session: int, now: float | None = None) -> str:
+    """``{app}/{stream}/{UTC stamp}-{session}``: the name of a recording's FLV (``.flv``)
+    and HLS folder."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
+    return f"{key.app}/{key.stream}/{stamp}-{session}"
+
+
 class Recorder:
     """Records one publish session of one key."""
 
-    def __init__(self, storage: Storage, sub: Subscription, settings: RecordSettings) -> None:
+    def __init__(self, storage: Storage, sub: Subscription, settings: RecordSettings,
+                 base: str | None = None) -> None:
         self.storage = storage
         self.sub = sub
         self.settings = settings
         key = sub.key
-        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-        self.base = f"{key.app}/{key.stream}/{stamp}-{sub.stream.token}"
+        self.base = base or recording_base(key, sub.stream.token)
         self.pending = 0
         self.written = 0
         self.dropped_frames = 0
@@ -302,8 +311,32 @@ class RecordingManager(NullObserver):
         self.storage = storage
         self.settings = settings or RecordSettings()
         self.recorders: dict[StreamKey, Recorder] = {}
+        self._named: dict[str, None] = {}  # names given out lately, oldest first
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweep_wanted = asyncio.Event()
+
+    async def _unused(self, base: str) -> str:
+        """``base``, or ``base-2``, ``-3``... when a recording already has that name: a
+        publisher back from a fallback keeps its stream's session, and may come back within
+        the second; an in-memory registry's sessions start again at 1 after a restart.
+        Opening a name replaces it (``Storage``), and a recording is never overwritten."""
+        name, count = base, 1
+        while name in self._named or await asyncio.to_thread(self._stored, name):
+            count += 1
+            name = f"{base}-{count}"
+        self._named[name] = None
+        if len(self._named) > _NAMED_KEPT:  # the oldest names are in storage by now
+            del self._named[next(iter(self._named))]
+        return name
+
+    def _stored(self, name: str) -> bool:
+        storage = self.storage
+        if not isinstance(storage, FilesystemStorage):  # other storages: names given out here
+            return False
+        try:
+            return storage.path_for(f"{name}.flv").exists() or storage.path_for(name).exists()
+        except InvalidStreamKey:
+            return False
 
     def live(self) -> set[str]:
         """The names (``{app}/{stream}/{base}``) of the recordings being written."""
@@ -324,7 +357,8 @@ class RecordingManager(NullObserver):
                                               viewer=False, follows_fallback=False)
         except StreamNotFound:
             return
-        recorder = Recorder(self.storage, sub, self.settings)
+        base = await self._unused(recording_base(key, sub.stream.token))
+        recorder = Recorder(self.storage, sub, self.settings, base)
         self.recorders[key] = recorder
         try:
             await recorder.run()

@@ -12,16 +12,20 @@ from pathlib import Path
 import pytest
 
 from arcly.engine import (
+    CloseReason,
     Engine,
     EngineConfig,
+    Frame,
     FrameKind,
     InvalidStreamKey,
+    MediaSource,
     ShutdownToken,
     StreamKey,
 )
 from arcly.media import amf0, flv
 from arcly.media.flv import make_frame
 from arcly.recording import FilesystemStorage, RecordingManager, RecordSettings
+from arcly.recording.recorder import recording_base
 from arcly.recording.storage import FileWriter
 from tests.support.media import load_tags
 
@@ -137,3 +141,65 @@ async def test_recording_is_finalized_with_duration_and_size(
     assert "#EXT-X-PLAYLIST-TYPE:VOD" in playlist and playlist.rstrip().endswith("#EXT-X-ENDLIST")
     media = {p.suffix for p in next(tmp_path.rglob("index.m3u8")).parent.iterdir()}
     assert media == ({".m3u8", ".mp4", ".m4s"} if fmp4 else {".m3u8", ".ts"})
+
+
+class _Slate:
+    """A fallback source: the source's sequence headers, then its first keyframe, over and
+    over, 40 ms apart."""
+
+    def __init__(self, frames: list[Frame]) -> None:
+        self.frames = frames
+        self.sent = 0
+
+    async def next_frame(self) -> Frame | None:
+        await asyncio.sleep(0.04 if self.sent >= len(self.frames) else 0)
+        frame = self.frames[min(self.sent, len(self.frames) - 1)]
+        self.sent += 1
+        return Frame(frame.kind, 40 * self.sent, frame.payload, keyframe=frame.keyframe,
+                     config=frame.config)
+
+
+async def test_a_publisher_back_from_a_fallback_within_the_second_never_overwrites(
+        tmp_path: Path, source_flv: Path) -> None:
+    frames = [make_frame(FrameKind(t.tag_type), t.timestamp, t.body)
+              for t in load_tags(source_flv)[:120]]
+    start = [f for f in frames if f.config and f.kind is not FrameKind.DATA]
+    start.append(next(f for f in frames if f.keyframe and not f.config))
+
+    class Fallbacks:
+        def fallback_for(self, key: StreamKey, *, on_demand: bool) -> MediaSource | None:
+            return None if on_demand else _Slate(start)
+
+    manager = RecordingManager(FilesystemStorage(tmp_path))
+    engine = Engine(EngineConfig(idle_timeout=None), observer=manager, fallback=Fallbacks())
+    async with running(manager, engine):
+        for _ in range(2):  # the same stream (and session) both times: a fallback between
+            handle = await engine.start_publish(KEY, protocol="rtmp")
+            for frame in frames:
+                handle.publish_frame(frame)
+            await asyncio.sleep(0.1)
+            await engine.end_publish(KEY, "publisher disconnected")
+            await asyncio.wait_for(asyncio.gather(*manager._tasks), 30)
+        await engine.end_publish(KEY, CloseReason.SHUTDOWN)
+    first, second = sorted((p.name for p in tmp_path.rglob("*.flv")), key=len)
+    if first[:15] == second[:15]:  # within the second (the test may straddle one)
+        assert second == first.replace(".flv", "-2.flv")
+    for path in tmp_path.rglob("*.flv"):  # each a whole recording of its publish
+        data = path.read_bytes()
+        tags, rest = flv.parse_tags(data, flv.parse_header(data))
+        videos = sum(1 for t in tags if t.tag_type == flv.TAG_VIDEO)
+        assert rest == len(data) and videos == sum(1 for f in frames
+                                                   if f.kind is FrameKind.VIDEO)
+
+
+async def test_recording_names_already_taken_get_a_suffix(tmp_path: Path) -> None:
+    manager = RecordingManager(FilesystemStorage(tmp_path))
+    base = recording_base(KEY, 7, now=1_800_000_000)
+    assert base == "live/rec/20270115-080000-7"
+    assert await manager._unused(base) == base
+    assert await manager._unused(base) == f"{base}-2"  # given out, not yet written
+    other = RecordingManager(FilesystemStorage(tmp_path))  # a restarted node
+    (tmp_path / "live" / "rec").mkdir(parents=True)
+    (tmp_path / f"{base}.flv").write_bytes(b"FLV")
+    (tmp_path / f"{base}-2").mkdir()  # an HLS VOD folder
+    assert await other._unused(base) == f"{base}-3"
