@@ -81,8 +81,11 @@ class Engine:
         self._fallbacks: dict[StreamKey, asyncio.Task[None]] = {}  # keys a fallback feeds
         # of those, started for a viewer (or being claimed for one), and not published since
         self._on_demand_keys: set[StreamKey] = set()
-        self._on_demand_refused = 0
-        self._on_demand_logged = float("-inf")
+        # A limit hit (limit, detail): a node counts and logs them with its other limits; by
+        # default the kernel logs them itself (``_limit_hit``).
+        self.limit_hit: Callable[[str, str], None] = self._limit_hit
+        self._refused: dict[str, int] = {}
+        self._refused_logged: dict[str, float] = {}
 
     # -- publish registry -------------------------------------------------------------------
 
@@ -276,14 +279,10 @@ class Engine:
         if source is None:
             return None
         cap = self.config.max_on_demand_fallbacks
-        if len(self._on_demand_keys) >= cap:
+        if len(self._on_demand_keys) >= cap:  # lowered by a reload: the running ones go on
             await _close(source)
-            self._on_demand_refused += 1
-            now = self.clock()
-            if now - self._on_demand_logged >= 1.0:  # one line a second, however many ask
-                self._on_demand_logged = now
-                log.warning("on-demand fallback refused stream=%s reason='%d running, the "
-                            "limit' refused_total=%d", key, cap, self._on_demand_refused)
+            self.limit_hit("max_on_demand_fallbacks", f"stream={key} running="
+                           f"{len(self._on_demand_keys)} limit={cap}")
             return None
         self._claiming.add(key)
         self._on_demand_keys.add(key)  # counted from now: claims of others run meanwhile
@@ -302,6 +301,13 @@ class Engine:
         log.info("fallback start stream=%s source=%s on_demand=true", key, _describe(source))
         self._feed(stream, source)
         return stream
+
+    def _limit_hit(self, limit: str, detail: str) -> None:
+        refused = self._refused[limit] = self._refused.get(limit, 0) + 1
+        now = self.clock()
+        if now - self._refused_logged.get(limit, float("-inf")) >= 1.0:  # a line a second
+            self._refused_logged[limit] = now
+            log.warning("limit hit limit=%s %s refused_total=%d", limit, detail, refused)
 
     def _feed(self, stream: Stream, source: MediaSource) -> None:
         stream.protocol, stream.peer = FALLBACK, _describe(source)

@@ -386,6 +386,7 @@ async def run_node(role: str | NodeRole, config: NodeConfig,
                           ownership=ownership, upstream=node.upstream, fallback=fallbacks)
     if fallbacks is not None:
         fallbacks.registry = engine
+    engine.limit_hit = node.admission.refuse  # counted and logged with the other limits
     if traced:
         hls = node.hls
         otel.StreamMetrics(engine, refused=node.admission.refusals,

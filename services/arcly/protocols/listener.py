@@ -63,8 +63,8 @@ class Admission:
 
     def refusals(self) -> dict[str, int]:
         """Refusals so far for every limit, zero included (a metric with all its labels)."""
-        return {f.name: self.refused.get(f.name, 0) for f in dataclasses.fields(Limits)
-                if f.name.startswith("max_")}
+        every = {f.name: 0 for f in dataclasses.fields(Limits) if f.name.startswith("max_")}
+        return {**every, **self.refused}  # and limits kept elsewhere (the kernel's)
 
     def open_connection(self, ip: str) -> bool:
         """Count a new connection from ``ip``; False (and counted) when over a limit."""

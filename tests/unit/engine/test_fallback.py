@@ -149,7 +149,8 @@ async def test_final_reasons_and_apps_without_a_fallback_end_the_stream() -> Non
 
 async def test_on_demand_fallback_opens_an_unpublished_key_and_closes_without_viewers() -> None:
     fallbacks = Fallbacks(on_demand=True)
-    engine = Engine(EngineConfig(upstream_linger=0.2), fallback=fallbacks)
+    engine = Engine(EngineConfig(upstream_linger=0.2, max_on_demand_fallbacks=1),
+                    fallback=fallbacks)
     viewers = await asyncio.gather(*(engine.subscribe(KEY) for _ in range(3)))
     assert len(fallbacks.sources) == 1  # one stream, however many ask at once
     await drain(viewers[0], 5)
@@ -161,6 +162,9 @@ async def test_on_demand_fallback_opens_an_unpublished_key_and_closes_without_vi
         while engine.stream(KEY) is not None:  # noqa: ASYNC110 (the engine has no event)
             await asyncio.sleep(0.05)
     assert fallbacks.sources[0].closed
+    nxt = await engine.subscribe(StreamKey("live", "next"))  # the one place is free again
+    nxt.close()
+    await engine.end_publish(StreamKey("live", "next"), CloseReason.SHUTDOWN)
 
 
 async def test_on_demand_fallbacks_are_capped_and_a_published_key_frees_its_place(
@@ -169,14 +173,26 @@ async def test_on_demand_fallbacks_are_capped_and_a_published_key_frees_its_plac
         return StreamKey("live", name)
 
     fallbacks = Fallbacks(on_demand=True)
-    engine = Engine(EngineConfig(max_on_demand_fallbacks=2), fallback=fallbacks)
+    now = [100.0]
+    engine = Engine(EngineConfig(max_on_demand_fallbacks=2), fallback=fallbacks,
+                    clock=lambda: now[0])
     viewers = list(await asyncio.gather(*(engine.subscribe(key(n)) for n in ("a", "b"))))
     for name in ("c", "d"):  # a client making up names gets nowhere
         with pytest.raises(StreamNotFound):
             await engine.subscribe(key(name))
     assert len(fallbacks.sources) == 4 and all(s.closed for s in fallbacks.sources[2:])
-    assert caplog.text.count("on-demand fallback refused") == 1  # once a second, not per ask
-    assert "stream=live/c reason='2 running, the limit' refused_total=1" in caplog.text
+    hits = [r.getMessage() for r in caplog.records if "limit hit" in r.getMessage()]
+    assert hits == ["limit hit limit=max_on_demand_fallbacks stream=live/c running=2 limit=2 "
+                    "refused_total=1"], "a line a second, not one per ask"
+    now[0] += 1.0
+    with pytest.raises(StreamNotFound):
+        await engine.subscribe(key("e"))
+    assert "refused_total=3" in caplog.records[-1].getMessage()
+    counted: list[tuple[str, str]] = []
+    engine.limit_hit = lambda limit, detail: counted.append((limit, detail))  # a node's
+    with pytest.raises(StreamNotFound):
+        await engine.subscribe(key("e"))
+    assert counted == [("max_on_demand_fallbacks", "stream=live/e running=2 limit=2")]
     await engine.start_publish(key("a"), protocol="rtmp")  # a publisher adopts live/a ...
     viewers.append(await engine.subscribe(key("c")))  # ... and its place is free
     with pytest.raises(StreamNotFound):
