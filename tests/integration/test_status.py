@@ -54,6 +54,8 @@ def test_api_figures_match_what_viewers_receive(
                     received[peer] += 1
 
         await asyncio.gather(*(drain_rtmp(c) for c in rtmp))
+        # the HLS player polls again (a viewer is a client that polled lately)
+        await asyncio.to_thread(lambda: urllib.request.urlopen(get_playlist, timeout=20).read())
         detail = await asyncio.to_thread(get, node, "/api/v1/streams/live/api")
         for client in rtmp:
             await client.close()

@@ -261,11 +261,11 @@ class HlsService(NullObserver):
             playlist = self.playlist_now(key, query=query, client=client)
             if playlist is not None:
                 return playlist
+        state = await self.start(key)
+        if state is None:  # a name nobody publishes: not a viewer
+            return None
         if client:
             self.note_client(key, client)
-        state = await self.start(key)
-        if state is None:
-            return None
         state.last_access = time.monotonic()
         await self._until(state, self._has_media, self.settings.first_segment_wait)
         if not self._has_media(state):

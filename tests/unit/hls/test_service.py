@@ -446,3 +446,9 @@ def test_hls_viewers_are_clients_that_polled_within_the_window() -> None:
     assert service.viewers(now=105.0) == {KEY: 2, other: 1}
     assert service.viewers(now=109.5) == {KEY: 1, other: 1}, "10.0.0.2 stopped polling"
     assert service.viewers(now=200.0) == {}
+
+
+async def test_a_playlist_request_for_a_name_nobody_publishes_is_no_viewer(serve: Serve) -> None:
+    _engine, service = await serve()
+    assert await service.playlist(StreamKey("live", "made-up"), client="10.0.0.9|curl") is None
+    assert service.viewers() == {}
