@@ -174,7 +174,8 @@ def test_a_hundred_sessions_leave_nothing_behind(
     def cleaned() -> dict[str, Any] | None:
         now = settled()  # and the sessions' tasks and threads ended too
         return now if now is not None and now["tasks"] <= before["tasks"] + 2 and \
-            now["os_threads"] <= before["os_threads"] + 8 else None
+            now["os_threads"] <= before["os_threads"] + 8 and set(now["threads"]) <= {
+                "MainThread", "uvloop", "asyncio", "ThreadPoolExecutor", "srt"} else None
 
     after = wait_until(cleaned, 20, message="sessions, transcoders, UDP sockets, tasks or "
                                             "threads left behind")

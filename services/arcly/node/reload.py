@@ -140,8 +140,8 @@ class Reloader:
     async def reload(self, why: str, *, if_changed: bool = False) -> bool:
         """Read and apply the config again; False (and the running config stays) when the new
         one is refused. ``if_changed``: only when the files differ from what the last reload
-        read (the poller's change may have been loaded meanwhile by a SIGHUP or the API, and
-        one edit must make one generation)."""
+        read (the poller's change may have been loaded meanwhile by a SIGHUP, and one edit
+        must make one generation)."""
         async with self._lock:
             if not self.watched:
                 log.info("config reload (%s): no config file or auth config to reload", why)

@@ -95,7 +95,7 @@ async def test_reads_are_merged_and_every_frame_arrives_in_order(
     assert [struct.unpack(">I", body[5:9])[0] for _, body in got] == list(range(40))
     # 40 frames over ~0.45 s (longer on a loaded machine), read at most once per 100 ms once
     # publishing (+ the handshake's and commands' reads): a handful of reads, not 40.
-    assert len(reads) <= elapsed / 0.1 + 4, (reads, elapsed)
+    assert len(reads) <= max(12, elapsed / 0.1 + 4), (reads, elapsed)
 
 
 async def test_without_merging_each_frame_is_its_own_read(
