@@ -101,9 +101,23 @@ class _Pending:
     next_part: int  # the index of the part being filled (the next one to appear)
 
 
+class _Hold:
+    """A blocking playlist reload held without a task (``HlsService.hold``)."""
+
+    __slots__ = ("deliver", "msn", "part", "suffix", "timer")
+
+    def __init__(self, msn: int, part: int | None, suffix: str,
+                 deliver: Callable[[str | None], None]) -> None:
+        self.msn = msn
+        self.part = part
+        self.suffix = suffix
+        self.deliver = deliver
+        self.timer: asyncio.TimerHandle | None = None
+
+
 class _KeyState:
-    __slots__ = ("_media", "changed", "cutter", "ended", "ended_at", "inits", "key",
-                 "last_access", "rendered", "runner", "segments", "sticky")
+    __slots__ = ("_media", "changed", "cutter", "ended", "ended_at", "holds", "inits", "key",
+                 "last_access", "on_change", "rendered", "runner", "segments", "sticky")
 
     def __init__(self, key: StreamKey, keep: int) -> None:
         self.key = key
@@ -120,6 +134,8 @@ class _KeyState:
         # part get one rendering), and segments and parts by URI.
         self.rendered: dict[str, str] = {}
         self._media: dict[str, bytes] | None = None
+        self.holds: list[_Hold] = []  # blocking reloads held (see ``HlsService.hold``)
+        self.on_change: Callable[[_KeyState], None] | None = None  # answers ``holds``
 
     def add(self, segment: Segment) -> None:
         if self.segments and segment.sequence <= self.segments[-1].sequence:
@@ -206,6 +222,8 @@ class _KeyState:
         self._media = None
         self.changed.set()
         self.changed = asyncio.Event()
+        if self.holds and self.on_change is not None:
+            self.on_change(self)
 
 
 class HlsService(NullObserver):
@@ -222,6 +240,7 @@ class HlsService(NullObserver):
         # HLS has no sessions: a viewer is a client that asked for a playlist lately.
         self._clients: dict[tuple[StreamKey, str], float] = {}
         self.bytes_sent = 0  # playlists and segments served
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- serving ------------------------------------------------------------------------------
 
@@ -277,6 +296,65 @@ class HlsService(NullObserver):
             if not state.has(msn, part) and not state.final():
                 raise BlockingReloadError(503, f"segment {msn} part {part} not ready in time")
         return self._render(state, f"?{query}" if query else "")
+
+    def hold(self, key: StreamKey, msn: int, part: int | None, *, query: str, client: str,
+             deliver: Callable[[str | None], None]) -> str | bool:
+        """A blocking playlist reload (``_HLS_msn``/``_HLS_part``, RFC 8216bis 6.2.5.2) that
+        the HTTP layer holds without a task: the playlist if it can be given now; True if it
+        is held, and ``deliver`` gets the playlist once segment ``msn`` (part ``part``) exists
+        or the playlist ended, or None after ``blocking_wait`` (a 503), as ``playlist``
+        answers; False when ``playlist`` must answer it (no segmenter with media yet, or too
+        far ahead: a 400)."""
+        state = self._states.get(key)
+        if not self.low_latency or state is None or state.runner is None \
+                or not self._has_media(state):
+            return False
+        try:
+            self._check_ahead(state, msn, part)
+        except BlockingReloadError:
+            return False
+        if client:
+            self.note_client(key, client)
+        state.last_access = time.monotonic()
+        suffix = f"?{query}" if query else ""
+        if state.has(msn, part) or state.final():
+            return self._render(state, suffix)
+        held = _Hold(msn, part, suffix, deliver)
+        loop = self._loop
+        if loop is None:  # looked up once: asking for the running loop costs a getpid()
+            loop = self._loop = asyncio.get_running_loop()
+        held.timer = loop.call_later(self.settings.blocking_wait, self._expire, state, held)
+        state.holds.append(held)
+        return True
+
+    def _release(self, state: _KeyState) -> None:
+        """``state`` changed: answer the holds it can answer now."""
+        final = state.final()
+        known: dict[tuple[int, int | None], bool] = {}  # held requests mostly ask alike
+        ready: list[_Hold] = []
+        waiting: list[_Hold] = []
+        for held in state.holds:
+            position = (held.msn, held.part)
+            there = known.get(position)
+            if there is None:
+                there = known[position] = final or state.has(held.msn, held.part)
+            (ready if there else waiting).append(held)
+        if not ready:
+            return
+        state.holds = waiting
+        for held in ready:
+            if held.timer is not None:
+                held.timer.cancel()
+            try:
+                held.deliver(self._render(state, held.suffix))
+            except Exception:  # one broken connection must not keep the others waiting
+                log.exception("hls: answering a held playlist request failed")
+
+    @staticmethod
+    def _expire(state: _KeyState, held: _Hold) -> None:
+        if held in state.holds:
+            state.holds.remove(held)
+            held.deliver(None)
 
     def playlist_now(self, key: StreamKey, *, query: str = "", client: str = "") -> str | None:
         """The live playlist of ``key`` if it can be given at once (its segmenter runs and has
@@ -392,6 +470,7 @@ class HlsService(NullObserver):
         state = self._states.get(key)  # the await above may have raced another start
         if state is None:
             state = _KeyState(key, self.settings.window + EXTRA_KEPT)
+            state.on_change = self._release
             self._states[key] = state
         state.sticky = state.sticky or sticky
         if state.runner is not None:

@@ -173,3 +173,36 @@ async def test_the_end_is_announced_once_the_stream_did_not_come_back(
     await engine.end_publish(KEY)
     text = await asyncio.wait_for(held, 3.0)
     assert text.rstrip().endswith("#EXT-X-ENDLIST") and "PRELOAD-HINT" not in text
+
+
+async def test_a_held_reload_is_answered_by_a_callback_like_playlist_answers(
+        live: tuple[Engine, HlsService, PublishHandle]) -> None:
+    _, service, handle = live
+    frames, newest, parts = await midway(service, handle, 2500)
+    got: list[str | None] = []
+    assert service.hold(KEY, newest, parts, query="key=v", client="c|p",
+                        deliver=got.append) is True
+    assert service.hold(KEY, newest + 3, 0, query="", client="", deliver=got.append) is False
+    already = service.hold(KEY, newest, parts - 1, query="key=v", client="", deliver=got.append)
+    assert isinstance(already, str) and already == await service.playlist(
+        KEY, query="key=v", msn=newest, part=parts - 1)
+    await asyncio.sleep(0.05)
+    assert got == [], "held: that part does not exist yet"
+    await feed_until(handle, frames, lambda: service._states[KEY].has(newest, parts))
+    assert got == [await service.playlist(KEY, query="key=v", msn=newest, part=parts)]
+    assert f"{newest}.{parts}.m4s?key=v" in str(got[0])
+    assert service._states[KEY].holds == [] and service.viewers() == {KEY: 1}
+
+
+async def test_a_held_reload_that_never_comes_gets_none_in_time() -> None:
+    async with serving(0.5, 0.1) as (_, service, handle):  # holds 1.5 s at most
+        for frame in session(gops=1)[:12]:
+            handle.publish_frame(frame)
+        assert await service.playlist(KEY) is not None
+        newest, _ = service._states[KEY].latest()
+        got: list[str | None] = []
+        started = time.monotonic()
+        assert service.hold(KEY, newest + 1, 0, query="", client="", deliver=got.append)
+        await eventually(lambda: got, timeout=5)
+        assert got == [None] and time.monotonic() - started >= 1.4
+        assert service._states[KEY].holds == []

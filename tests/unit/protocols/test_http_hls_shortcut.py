@@ -19,6 +19,7 @@ from arcly.engine import (
     AuthRequest,
     Engine,
     EngineConfig,
+    PublishHandle,
     ShutdownToken,
     StreamKey,
 )
@@ -281,3 +282,88 @@ async def test_heads_parsed_once_are_shared_by_connections_and_kept_bounded(
     finally:
         for _, writer in players:
             writer.close()
+
+
+@dataclass
+class LowLatencyNode:
+    server: HttpServer
+    service: HlsService
+    handle: PublishHandle
+    port: int
+
+
+@pytest.fixture
+async def llnode() -> AsyncIterator[LowLatencyNode]:
+    """A Low-Latency node midway through a segment: its next part is not there yet."""
+    service = HlsService(HlsSettings(segment_seconds=2.0, part_seconds=0.2,
+                                     variant=HlsVariant.LOWLATENCY, on_publish=True))
+    engine = Engine(EngineConfig(segment_target=2.0, part_target=0.2, idle_timeout=None),
+                    observer=service)
+    server = HttpServer("127.0.0.1", 0, engine=engine, hls=service, admission=Admission())
+    token = ShutdownToken()
+    serving = asyncio.create_task(engine.serve([server, service], token))
+    await asyncio.wait_for(server.listener.ready.wait(), 10)
+    handle = await engine.start_publish(KEY, protocol="rtmp")
+    await eventually(lambda: (s := engine.stream(KEY)) is not None and len(s.subscribers) == 1)
+    for frame in session(2)[:-10]:
+        handle.publish_frame(frame)
+    await eventually(lambda: service.playlist_now(KEY))
+    try:
+        yield LowLatencyNode(server, service, handle, server.listener.addresses[0][1])
+    finally:
+        await engine.end_publish(KEY, "test over")
+        token.cancel()
+        await asyncio.wait_for(serving, 10)
+
+
+async def test_a_blocking_reload_is_held_without_a_task_and_answered_in_order(
+        llnode: LowLatencyNode) -> None:
+    state = llnode.service._states[KEY]
+    reader, writer = await asyncio.open_connection("127.0.0.1", llnode.port)
+    try:
+        writer.write(_get(f"{PLAYLIST}?key=v"))  # the handler's: the play is allowed
+        await _answer(reader)
+        msn, part = state.latest()
+        blocking = f"{PLAYLIST}?key=v&_HLS_msn={msn}&_HLS_part={part}"
+        writer.write(_get(blocking))
+        await eventually(lambda: state.holds)  # held by the shortcut, not the handler
+        writer.write(_get(f"/{KEY}/no-such.m4s?key=v"))  # its answer comes second
+        await asyncio.sleep(0.1)
+        assert not reader.at_eof() and len(reader._buffer) == 0  # type: ignore[attr-defined]
+        for frame in session(3, start=0)[len(session(2)) - 10:]:
+            llnode.handle.publish_frame(frame)
+            await asyncio.sleep(0)
+            if state.has(msn, part):
+                break
+        held = await _answer(reader)
+        assert (await _answer(reader))[0].startswith(b"HTTP/1.1 404 ")
+        assert held[0].startswith(b"HTTP/1.1 200 ") and f"{msn}.{part}.m4s".encode() in held[1]
+        assert held == await _alone(llnode.port, blocking), "as the handler answers it"
+        assert state.holds == []
+    finally:
+        writer.close()
+
+
+async def test_a_held_reload_that_does_not_come_in_time_is_a_503_and_the_connection_lives(
+        llnode: LowLatencyNode, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(HlsSettings, "blocking_wait", property(lambda self: 0.3))
+    state = llnode.service._states[KEY]
+    reader, writer = await asyncio.open_connection("127.0.0.1", llnode.port)
+    try:
+        writer.write(_get(PLAYLIST))
+        await _answer(reader)
+        msn, part = state.latest()
+        writer.write(_get(f"{PLAYLIST}?_HLS_msn={msn}&_HLS_part={part}"))
+        head, body = await _answer(reader)
+        assert head.startswith(b"HTTP/1.1 503 ") and b"Connection: keep-alive" in head
+        assert body == f"segment {msn} part {part} not ready in time\n".encode()
+        assert state.holds == []
+        writer.write(_get(PLAYLIST))
+        assert (await _answer(reader))[0].startswith(b"HTTP/1.1 200 ")
+        # A player that leaves while held costs nothing when the answer comes.
+        writer.write(_get(f"{PLAYLIST}?_HLS_msn={msn}&_HLS_part={part}"))
+        await eventually(lambda: state.holds)
+        writer.close()
+        await eventually(lambda: not state.holds, timeout=5)
+    finally:
+        writer.close()

@@ -8,6 +8,7 @@ part (the preload hint) is held until it exists."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from arcly.engine import InvalidStreamKey, StreamKey
 from arcly.hls.service import BlockingReloadError, HlsService
@@ -101,6 +102,55 @@ class HlsRoutes:
             self.hls.bytes_sent += len(answer[1])
         return answer
 
+    def hold(self, handler: Handler, request: Request, params: dict[str, str],
+             connection: Connection,
+             deliver: Callable[[bytes, bytes], None]) -> tuple[bytes, bytes] | bool:
+        """A blocking playlist reload (``_HLS_msn``, ``_HLS_part``) of a kept-alive player
+        allowed to play (see ``answer_now``), held without a task (``HlsService.hold``): its
+        answer if it is there now; True if held, and ``deliver(prefix, body)`` answers it later
+        (the playlist, or a 503 when it does not come in time); False: ``handler`` answers it
+        (a bad or unusual query, no grant, no media yet, too far ahead)."""
+        query = request.query
+        if handler != self.playlist or self.admission.draining or not query \
+                or "_HLS_msn" not in query:
+            return False
+        credentials = {}
+        for name, value in query.items():
+            if not name.startswith("_HLS_"):
+                credentials[name] = value
+            elif name not in _BLOCKING:
+                return False
+        try:
+            key = stream_key(params["app"], params["stream"])
+            msn = _number(query["_HLS_msn"])
+            part = _number(query.get("_HLS_part"))
+        except (InvalidStreamKey, ValueError):
+            return False
+        if msn is None or not connection.allowed(key, credentials, self.epoch):
+            return False
+        prefix = head_prefix(200, "application/vnd.apple.mpegurl", self._playlist_cache(),
+                             keep_alive=True)
+        counted = request.method != "HEAD"
+
+        def answer(playlist: str | None) -> None:
+            if playlist is None:
+                deliver(*_late(msn, part))
+                return
+            body = playlist.encode()
+            if counted:
+                self.hls.bytes_sent += len(body)
+            deliver(prefix, body)
+
+        client = f"{connection.ip}|{request.headers.get('user-agent', '')[:128]}"
+        held = self.hls.hold(key, msn, part, query=quote_query(credentials) if credentials
+                             else "", client=client, deliver=answer)
+        if type(held) is str:
+            body = held.encode()
+            if counted:
+                self.hls.bytes_sent += len(body)
+            return prefix, body
+        return bool(held)
+
     async def playlist(self, exchange: Exchange, params: dict[str, str]) -> None:
         if refuse_while_draining(exchange, self.admission):
             return
@@ -166,6 +216,14 @@ class HlsRoutes:
 
 
 _IMMUTABLE = {"Cache-Control": "public, max-age=86400, immutable"}
+_BLOCKING = frozenset(("_HLS_msn", "_HLS_part", "_HLS_skip"))  # delta updates: not offered
+
+
+def _late(msn: int, part: int | None) -> tuple[bytes, bytes]:
+    """The 503 of a blocking reload whose segment (part) did not come in time, as
+    ``HlsService.playlist`` says it."""
+    body = f"segment {msn} part {part} not ready in time\n".encode()
+    return head_prefix(503, keep_alive=True), body
 # The media handlers: the extension their URIs end in and the type they are served as.
 _MEDIA = {"segment": (".ts", "video/mp2t"), "fragment": (".m4s", "video/mp4"),
           "init": (".mp4", "video/mp4")}

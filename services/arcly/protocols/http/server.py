@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from arcly.engine import CloseReason, Engine, ProtocolError, PublishRegistry, ShutdownToken
 from arcly.hls.service import HlsService
@@ -206,10 +206,12 @@ class HttpServer(ListeningHandler):
         """Answer ``data`` at once if it is all of one request an HLS player makes on a
         kept-alive connection (its playlist poll, a segment), nothing has to be waited for, and
         the connection's handler waits idle for it: no task switch and no ``Exchange`` for the
-        bulk of a player's requests. Anything else (or when in doubt) returns False and the
-        handler reads it as usual: the first request of a connection, one that needs its
-        authorization asked (see ``HlsRoutes.answer_now``), a blocking reload, a head in
-        pieces, pipelined requests, a client behind on reading, a stopping node."""
+        bulk of a player's requests. A Low-Latency blocking reload is held instead, without a
+        task (``HlsRoutes.hold``): reading pauses until it is answered, so a next request is
+        answered after it. Anything else (or when in doubt) returns False and the handler
+        reads it as usual: the first request of a connection, one that needs its
+        authorization asked (see ``HlsRoutes.answer_now``), a head in pieces, pipelined
+        requests, a client behind on reading, a stopping node."""
         connection = self._waiting.get(reader)
         if connection is None or not connection.idle or unread(reader) or len(data) < 4 \
                 or data.find(b"\r\n\r\n") != len(data) - 4 or self.listener.stopping:
@@ -234,9 +236,20 @@ class HttpServer(ListeningHandler):
         request, found = parsed
         if not self._may_keep(request, connection.served):
             return False
-        assert self.hls is not None
-        answer = self.hls.answer_now(found.handler, request, found.params, connection)
-        if answer is None:
+        hls = self.hls
+        assert hls is not None
+        answer: tuple[bytes, bytes] | bool | None
+        if "_HLS_msn" in request.query:  # a Low-Latency blocking reload
+            answer = hls.hold(found.handler, request, found.params, connection,
+                              self._deliver(connection, request.method == "HEAD"))
+            if answer is True:  # answered by ``deliver``; the next request waits for it
+                cast(asyncio.Transport, transport).pause_reading()
+                connection.due = self._now() + self.settings.keepalive_timeout + \
+                    hls.hls.settings.blocking_wait
+                return True
+        else:
+            answer = hls.answer_now(found.handler, request, found.params, connection)
+        if answer is None or answer is False:
             return False
         prefix, body = answer
         head = whole_head(prefix, len(body))
@@ -244,6 +257,22 @@ class HttpServer(ListeningHandler):
         connection.served += 1
         connection.due = self._now() + self.settings.keepalive_timeout
         return True
+
+    def _deliver(self, connection: Connection, head_only: bool
+                 ) -> Callable[[bytes, bytes], None]:
+        """How a held request is answered: the response, then reading again."""
+        transport = cast(asyncio.Transport, connection.writer.transport)  # a socket's
+
+        def deliver(prefix: bytes, body: bytes) -> None:
+            if transport.is_closing():  # the client went meanwhile (or the node stops)
+                return
+            head = whole_head(prefix, len(body))
+            transport.writelines((head,) if head_only else (head, body))
+            connection.served += 1
+            connection.due = self._now() + self.settings.keepalive_timeout
+            transport.resume_reading()
+
+        return deliver
 
     def _now(self) -> float:
         """The event loop's clock. The loop is looked up once: asking for the running loop
