@@ -352,9 +352,13 @@ class HlsService(NullObserver):
 
     @staticmethod
     def _expire(state: _KeyState, held: _Hold) -> None:
+        """``held`` waited ``blocking_wait``: it is answered 503."""
         if held in state.holds:
             state.holds.remove(held)
-            held.deliver(None)
+            try:
+                held.deliver(None)
+            except Exception:
+                log.exception("hls: answering a held playlist request failed")
 
     def playlist_now(self, key: StreamKey, *, query: str = "", client: str = "") -> str | None:
         """The live playlist of ``key`` if it can be given at once (its segmenter runs and has
