@@ -134,7 +134,7 @@ class _KeyState:
         # part get one rendering), and segments and parts by URI.
         self.rendered: dict[str, str] = {}
         self._media: dict[str, bytes] | None = None
-        self.holds: list[_Hold] = []  # blocking reloads held (see ``HlsService.hold``)
+        self.holds: dict[_Hold, None] = {}  # blocking reloads held (``HlsService.hold``)
         self.on_change: Callable[[_KeyState], None] | None = None  # answers ``holds``
 
     def add(self, segment: Segment) -> None:
@@ -317,44 +317,48 @@ class HlsService(NullObserver):
             self.note_client(key, client)
         state.last_access = time.monotonic()
         suffix = f"?{query}" if query else ""
-        if state.has(msn, part) or state.final():
+        if state.has(msn, part):
             return self._render(state, suffix)
         held = _Hold(msn, part, suffix, deliver)
         loop = self._loop
         if loop is None:  # looked up once: asking for the running loop costs a getpid()
             loop = self._loop = asyncio.get_running_loop()
         held.timer = loop.call_later(self.settings.blocking_wait, self._expire, state, held)
-        state.holds.append(held)
+        state.holds[held] = None
         return True
 
     def _release(self, state: _KeyState) -> None:
         """``state`` changed: answer the holds it can answer now."""
         final = state.final()
+        gone = not final and not state.waiting()  # the segmenter stopped: nothing will come
         known: dict[tuple[int, int | None], bool] = {}  # held requests mostly ask alike
         ready: list[_Hold] = []
-        waiting: list[_Hold] = []
+        waiting: dict[_Hold, None] = {}
         for held in state.holds:
             position = (held.msn, held.part)
             there = known.get(position)
             if there is None:
                 there = known[position] = final or state.has(held.msn, held.part)
-            (ready if there else waiting).append(held)
+            if there or gone:
+                ready.append(held)
+            else:
+                waiting[held] = None
         if not ready:
             return
         state.holds = waiting
         for held in ready:
             if held.timer is not None:
                 held.timer.cancel()
-            try:
-                held.deliver(self._render(state, held.suffix))
+            there = known[(held.msn, held.part)]
+            try:  # as ``playlist`` answers: what is there, else 503 (``deliver(None)``)
+                held.deliver(self._render(state, held.suffix) if there else None)
             except Exception:  # one broken connection must not keep the others waiting
                 log.exception("hls: answering a held playlist request failed")
 
     @staticmethod
     def _expire(state: _KeyState, held: _Hold) -> None:
         """``held`` waited ``blocking_wait``: it is answered 503."""
-        if held in state.holds:
-            state.holds.remove(held)
+        if state.holds.pop(held, False) is None:  # still held (a dict: O(1) for thousands)
             try:
                 held.deliver(None)
             except Exception:

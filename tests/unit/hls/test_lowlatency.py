@@ -191,7 +191,7 @@ async def test_a_held_reload_is_answered_by_a_callback_like_playlist_answers(
     await feed_until(handle, frames, lambda: service._states[KEY].has(newest, parts))
     assert got == [await service.playlist(KEY, query="key=v", msn=newest, part=parts)]
     assert f"{newest}.{parts}.m4s?key=v" in str(got[0])
-    assert service._states[KEY].holds == [] and service.viewers() == {KEY: 1}
+    assert not service._states[KEY].holds and service.viewers() == {KEY: 1}
 
 
 async def test_a_held_reload_that_never_comes_gets_none_in_time() -> None:
@@ -205,4 +205,17 @@ async def test_a_held_reload_that_never_comes_gets_none_in_time() -> None:
         assert service.hold(KEY, newest + 1, 0, query="", client="", deliver=got.append)
         await eventually(lambda: got, timeout=5)
         assert got == [None] and time.monotonic() - started >= 1.4
-        assert service._states[KEY].holds == []
+        assert not service._states[KEY].holds
+
+
+async def test_held_reloads_are_answered_at_once_when_the_segmenter_stops(
+        live: tuple[Engine, HlsService, PublishHandle]) -> None:
+    _, service, handle = live
+    _, newest, parts = await midway(service, handle, 2500)
+    got: list[str | None] = []
+    assert service.hold(KEY, newest, parts, query="", client="", deliver=got.append) is True
+    state = service._states[KEY]
+    assert state.runner is not None
+    state.runner.cancel()  # what the idle sweep or a failure does: no part will come
+    await eventually(lambda: got, timeout=1.0)  # not after the blocking wait (6 s)
+    assert got == [None] and not state.holds

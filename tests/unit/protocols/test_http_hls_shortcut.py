@@ -290,6 +290,7 @@ class LowLatencyNode:
     service: HlsService
     handle: PublishHandle
     port: int
+    held: list[object]  # what ``HlsService.hold`` answered the shortcut
 
 
 @pytest.fixture
@@ -308,8 +309,17 @@ async def llnode() -> AsyncIterator[LowLatencyNode]:
     for frame in session(2)[:-10]:
         handle.publish_frame(frame)
     await eventually(lambda: service.playlist_now(KEY))
+    held: list[object] = []
+    hold = service.hold
+
+    def spy(*args: Any, **kwargs: Any) -> str | bool:
+        answer = hold(*args, **kwargs)
+        held.append(answer)
+        return answer
+
+    service.hold = spy  # type: ignore[method-assign]
     try:
-        yield LowLatencyNode(server, service, handle, server.listener.addresses[0][1])
+        yield LowLatencyNode(server, service, handle, server.listener.addresses[0][1], held)
     finally:
         await engine.end_publish(KEY, "test over")
         token.cancel()
@@ -326,8 +336,9 @@ async def test_a_blocking_reload_is_held_without_a_task_and_answered_in_order(
         msn, part = state.latest()
         blocking = f"{PLAYLIST}?key=v&_HLS_msn={msn}&_HLS_part={part}"
         writer.write(_get(blocking))
-        await eventually(lambda: state.holds)  # held by the shortcut, not the handler
-        writer.write(_get(f"/{KEY}/no-such.m4s?key=v"))  # its answer comes second
+        await eventually(lambda: llnode.held == [True])  # the shortcut's, not the handler's
+        assert len(state.holds) == 1
+        writer.write(_get(blocking, "HEAD"))  # read once the first is answered
         await asyncio.sleep(0.1)
         assert not reader.at_eof() and len(reader._buffer) == 0  # type: ignore[attr-defined]
         for frame in session(3, start=0)[len(session(2)) - 10:]:
@@ -336,10 +347,12 @@ async def test_a_blocking_reload_is_held_without_a_task_and_answered_in_order(
             if state.has(msn, part):
                 break
         held = await _answer(reader)
-        assert (await _answer(reader))[0].startswith(b"HTTP/1.1 404 ")
+        head_only = await _answer(reader, head_only=True)  # then the next request's answer
+        assert llnode.held == [True, held[1].decode()], "the HEAD was there at once"
         assert held[0].startswith(b"HTTP/1.1 200 ") and f"{msn}.{part}.m4s".encode() in held[1]
         assert held == await _alone(llnode.port, blocking), "as the handler answers it"
-        assert state.holds == []
+        assert head_only == (held[0], b"")
+        assert not state.holds
     finally:
         writer.close()
 
@@ -355,15 +368,17 @@ async def test_a_held_reload_that_does_not_come_in_time_is_a_503_and_the_connect
         msn, part = state.latest()
         writer.write(_get(f"{PLAYLIST}?_HLS_msn={msn}&_HLS_part={part}"))
         head, body = await _answer(reader)
+        assert llnode.held == [True]
         assert head.startswith(b"HTTP/1.1 503 ") and b"Connection: keep-alive" in head
         assert body == f"segment {msn} part {part} not ready in time\n".encode()
-        assert state.holds == []
+        assert not state.holds
         writer.write(_get(PLAYLIST))
         assert (await _answer(reader))[0].startswith(b"HTTP/1.1 200 ")
         # A player that leaves while held costs nothing when the answer comes.
         writer.write(_get(f"{PLAYLIST}?_HLS_msn={msn}&_HLS_part={part}"))
-        await eventually(lambda: state.holds)
+        await eventually(lambda: len(llnode.held) == 2)
         writer.close()
         await eventually(lambda: not state.holds, timeout=5)
+        await eventually(lambda: llnode.server.admission.connections == 0, timeout=5)
     finally:
         writer.close()

@@ -95,7 +95,7 @@ class Connection:
     """One client connection's state between its requests: how many it was answered, when
     the next head is due, and the plays it was allowed lately (see ``allow``)."""
 
-    __slots__ = ("due", "grants", "idle", "ip", "reader", "served", "writer")
+    __slots__ = ("due", "grants", "held", "idle", "ip", "reader", "served", "writer")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  ip: str = "") -> None:
@@ -105,6 +105,7 @@ class Connection:
         self.served = 0       # requests answered
         self.due = 0.0        # loop time by which the next request head must have come
         self.idle = False     # waiting between requests (not for the first one)
+        self.held = False     # its request is held by the HLS shortcut: answered later
         # key -> (credentials, until, epoch): a few keys (a browser's players share one
         # connection to a host), the oldest grant forgotten first
         self.grants: dict[StreamKey, tuple[dict[str, str], float, int]] = {}

@@ -138,7 +138,9 @@ class HttpServer(ListeningHandler):
             if self.webrtc is not None:
                 await self.webrtc.close_all(CloseReason.SHUTDOWN)
             for connection in list(self._waiting.values()):
-                if connection.idle:  # kept-alive connections between requests
+                # Kept-alive connections between requests (a held request is answered first,
+                # within its blocking wait, as the handler's would be).
+                if connection.idle and not connection.held:
                     connection.writer.close()
 
         sweeper = asyncio.create_task(self._sweep(), name=f"arcly-{self.name}-deadlines")
@@ -243,6 +245,7 @@ class HttpServer(ListeningHandler):
             answer = hls.hold(found.handler, request, found.params, connection,
                               self._deliver(connection, request.method == "HEAD"))
             if answer is True:  # answered by ``deliver``; the next request waits for it
+                connection.held = True
                 cast(asyncio.Transport, transport).pause_reading()
                 connection.due = self._now() + self.settings.keepalive_timeout + \
                     hls.hls.settings.blocking_wait
@@ -264,13 +267,17 @@ class HttpServer(ListeningHandler):
         transport = cast(asyncio.Transport, connection.writer.transport)  # a socket's
 
         def deliver(prefix: bytes, body: bytes) -> None:
-            if transport.is_closing():  # the client went meanwhile (or the node stops)
+            connection.held = False
+            if transport.is_closing():  # the client went meanwhile
                 return
             head = whole_head(prefix, len(body))
             transport.writelines((head,) if head_only else (head, body))
             connection.served += 1
             connection.due = self._now() + self.settings.keepalive_timeout
-            transport.resume_reading()
+            if self.listener.stopping:  # the goodbye left it open for this answer: now idle
+                connection.writer.close()
+            else:
+                transport.resume_reading()
 
         return deliver
 
