@@ -3,7 +3,9 @@
 Three variants (MediaMTX's names): ``mpegts`` (TS segments, every player), ``fmp4`` (CMAF
 segments) and ``lowlatency`` (CMAF segments cut into parts, RFC 8216bis: blocking playlist
 reload, ``EXT-X-PART``, ``EXT-X-PRELOAD-HINT``). A blocking request waits on the key's one
-``changed`` event (woken when a part or segment completes): held requests cost memory, not CPU.
+``changed`` event (woken when a part or segment completes), or, held by the HTTP layer without
+a task (``hold``), in the key's ``holds``, answered by callback: held requests cost memory, not
+CPU.
 
 A segmenter starts on the first playlist request for a key (or, configurably, when the key
 starts publishing), keeps ``window`` segments for the playlist (plus a few already out of it,

@@ -217,13 +217,6 @@ class HlsRoutes:
 
 _IMMUTABLE = {"Cache-Control": "public, max-age=86400, immutable"}
 _BLOCKING = frozenset(("_HLS_msn", "_HLS_part", "_HLS_skip"))  # delta updates: not offered
-
-
-def _late(msn: int, part: int | None) -> tuple[bytes, bytes]:
-    """The 503 of a blocking reload whose segment (part) did not come in time, as
-    ``HlsService.playlist`` says it."""
-    body = f"segment {msn} part {part} not ready in time\n".encode()
-    return head_prefix(503, keep_alive=True), body
 # The media handlers: the extension their URIs end in and the type they are served as.
 _MEDIA = {"segment": (".ts", "video/mp2t"), "fragment": (".m4s", "video/mp4"),
           "init": (".mp4", "video/mp4")}
@@ -234,6 +227,13 @@ _MEDIA_HEADS = {content_type: head_prefix(200, content_type, _IMMUTABLE, keep_al
 # hook once per HLS session): a revoked or expired credential stops working within this long,
 # the same allowance as the token providers' default clock skew.
 REAUTHORIZE = 30.0
+
+
+def _late(msn: int, part: int | None) -> tuple[bytes, bytes]:
+    """The 503 of a blocking reload whose segment (part) did not come in time, as
+    ``HlsService.playlist`` says it."""
+    body = f"segment {msn} part {part} not ready in time\n".encode()
+    return head_prefix(503, keep_alive=True), body
 
 
 def _number(text: str | None) -> int | None:
