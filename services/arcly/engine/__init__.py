@@ -39,6 +39,7 @@ from .frame import Frame, FrameKind
 from .gop import GopCache
 from .key import StreamKey
 from .reasons import CloseReason
+from .refusals import Refusals
 from .shutdown import ShutdownToken
 from .stream import RELAYED, PublishHandle, Stream, Subscription
 from .timeline import SegmentMark, Timeline, TimelineState
@@ -72,6 +73,7 @@ __all__ = [
     "ProtocolHandler",
     "PublishHandle",
     "PublishRegistry",
+    "Refusals",
     "SegmentMark",
     "ShutdownToken",
     "Splicer",

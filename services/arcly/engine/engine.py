@@ -28,6 +28,7 @@ from .fallback import FallbackProvider
 from .frame import Frame
 from .key import StreamKey
 from .reasons import CloseReason
+from .refusals import Refusals
 from .shutdown import ShutdownToken, signals_handled
 from .stream import RELAYED, Clock, PublishHandle, PublishSession, Stream, Subscription
 from .timeline import Timeline, TimelineState
@@ -82,10 +83,8 @@ class Engine:
         # of those, started for a viewer (or being claimed for one), and not published since
         self._on_demand_keys: set[StreamKey] = set()
         # A limit hit (limit, detail): a node counts and logs them with its other limits; by
-        # default the kernel logs them itself (``_limit_hit``).
-        self.limit_hit: Callable[[str, str], None] = self._limit_hit
-        self._refused: dict[str, int] = {}
-        self._refused_logged: dict[str, float] = {}
+        # default the kernel does.
+        self.limit_hit: Callable[[str, str], None] = Refusals(log, clock).hit
 
     # -- publish registry -------------------------------------------------------------------
 
@@ -301,13 +300,6 @@ class Engine:
         log.info("fallback start stream=%s source=%s on_demand=true", key, _describe(source))
         self._feed(stream, source)
         return stream
-
-    def _limit_hit(self, limit: str, detail: str) -> None:
-        refused = self._refused[limit] = self._refused.get(limit, 0) + 1
-        now = self.clock()
-        if now - self._refused_logged.get(limit, float("-inf")) >= 1.0:  # a line a second
-            self._refused_logged[limit] = now
-            log.warning("limit hit limit=%s %s refused_total=%d", limit, detail, refused)
 
     def _feed(self, stream: Stream, source: MediaSource) -> None:
         stream.protocol, stream.peer = FALLBACK, _describe(source)

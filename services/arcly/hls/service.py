@@ -64,6 +64,12 @@ class BlockingReloadError(Exception):
         self.status = status
 
 
+def not_in_time(msn: int, part: int | None) -> BlockingReloadError:
+    """The 503 of a blocking request whose segment ``msn`` (part ``part``) did not come within
+    ``blocking_wait`` (however it was held)."""
+    return BlockingReloadError(503, f"segment {msn} part {part} not ready in time")
+
+
 @dataclass(frozen=True, slots=True)
 class HlsSettings:
     segment_seconds: float = EngineConfig().segment_target  # the kernel groups GOPs by this
@@ -296,7 +302,7 @@ class HlsService(NullObserver):
             await self._until(state, lambda s: s.has(msn, part) or s.final(),
                               self.settings.blocking_wait)
             if not state.has(msn, part) and not state.final():
-                raise BlockingReloadError(503, f"segment {msn} part {part} not ready in time")
+                raise not_in_time(msn, part)
         return self._render(state, f"?{query}" if query else "")
 
     def hold(self, key: StreamKey, msn: int, part: int | None, *, query: str, client: str,

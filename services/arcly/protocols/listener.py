@@ -13,12 +13,11 @@ import asyncio
 import dataclasses
 import ipaddress
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from arcly.engine import ListenError, ShutdownToken, Subscription
+from arcly.engine import ListenError, Refusals, ShutdownToken, Subscription
 
 log = logging.getLogger("arcly.listener")
 
@@ -40,8 +39,8 @@ class Admission:
     publisher and per-stream viewer caps keep a node alive under abuse. Every refusal is
     counted in ``refused`` (by limit) and logged at most once a second per limit."""
 
-    __slots__ = ("_last_log", "_per_ip", "allow_publish", "connections", "draining", "limits",
-                 "publishers", "refused")
+    __slots__ = ("_per_ip", "_refusals", "allow_publish", "connections", "draining", "limits",
+                 "publishers", "refuse", "refused")
 
     def __init__(self, limits: Limits | None = None, *, allow_publish: bool = True) -> None:
         self.limits = limits or Limits()
@@ -50,16 +49,9 @@ class Admission:
         self.connections = 0
         self.publishers = 0  # live publishers of every protocol (RTMP, WHIP, ...)
         self._per_ip: dict[str, int] = {}
-        self.refused: dict[str, int] = {}
-        self._last_log: dict[str, float] = {}
-
-    def refuse(self, limit: str, detail: str) -> None:
-        self.refused[limit] = self.refused.get(limit, 0) + 1
-        now = time.monotonic()
-        if now - self._last_log.get(limit, 0.0) >= 1.0:
-            self._last_log[limit] = now
-            log.warning("limit hit limit=%s %s refused_total=%d", limit, detail,
-                        self.refused[limit])
+        self._refusals = Refusals(log)
+        self.refused = self._refusals.counts  # by limit
+        self.refuse = self._refusals.hit  # (limit, detail): counted and logged
 
     def refusals(self) -> dict[str, int]:
         """Refusals so far for every limit, zero included (a metric with all its labels)."""

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 
 from arcly.engine import InvalidStreamKey, StreamKey
-from arcly.hls.service import BlockingReloadError, HlsService
+from arcly.hls.service import BlockingReloadError, HlsService, not_in_time
 from arcly.protocols.listener import Admission
 
 from .exchange import (
@@ -24,6 +24,9 @@ from .exchange import (
 )
 from .request import Request, quote_query
 from .router import Handler
+
+# How a held request is answered: (its connection, HEAD?, head prefix, body).
+Deliver = Callable[[Connection, bool, bytes, bytes], None]
 
 
 class HlsRoutes:
@@ -85,9 +88,8 @@ class HlsRoutes:
         if not connection.allowed(key, query, self.epoch):
             return None
         if handler == self.playlist:
-            client = f"{connection.ip}|{request.headers.get('user-agent', '')[:128]}"
             playlist = self.hls.playlist_now(key, query=quote_query(query) if query else "",
-                                             client=client)
+                                             client=_client(connection.ip, request))
             if playlist is None:
                 return None
             answer = (head_prefix(200, "application/vnd.apple.mpegurl", self._playlist_cache(),
@@ -103,13 +105,13 @@ class HlsRoutes:
         return answer
 
     def hold(self, handler: Handler, request: Request, params: dict[str, str],
-             connection: Connection,
-             deliver: Callable[[bytes, bytes], None]) -> tuple[bytes, bytes] | bool:
+             connection: Connection, deliver: Deliver) -> tuple[bytes, bytes] | bool:
         """A blocking playlist reload (``_HLS_msn``, ``_HLS_part``) of a kept-alive player
         allowed to play (see ``answer_now``), held without a task (``HlsService.hold``): its
-        answer if it is there now; True if held, and ``deliver(prefix, body)`` answers it later
-        (the playlist, or a 503 when it does not come in time); False: ``handler`` answers it
-        (a bad or unusual query, no grant, no media yet, too far ahead)."""
+        answer if it is there now; True if held, and ``deliver(connection, head_only, prefix,
+        body)`` answers it later (the playlist, or a 503 when it does not come in time);
+        False: ``handler`` answers it (a bad or unusual query, no grant, no media yet, too far
+        ahead)."""
         query = request.query
         if handler != self.playlist or self.admission.draining or not query \
                 or "_HLS_msn" not in query:
@@ -128,28 +130,25 @@ class HlsRoutes:
             return False
         if msn is None or not connection.allowed(key, credentials, self.epoch):
             return False
-        prefix = head_prefix(200, "application/vnd.apple.mpegurl", self._playlist_cache(),
-                             keep_alive=True)
-        counted = request.method != "HEAD"
+        head_only = request.method == "HEAD"
+
+        def reply(playlist: str) -> tuple[bytes, bytes]:
+            body = playlist.encode()
+            if not head_only:
+                self.hls.bytes_sent += len(body)
+            return head_prefix(200, "application/vnd.apple.mpegurl", self._playlist_cache(),
+                               keep_alive=True), body
 
         def answer(playlist: str | None) -> None:
             if playlist is None:
-                deliver(*_late(msn, part))
-                return
-            body = playlist.encode()
-            if counted:
-                self.hls.bytes_sent += len(body)
-            deliver(prefix, body)
+                deliver(connection, head_only, head_prefix(503, keep_alive=True),
+                        f"{not_in_time(msn, part)}\n".encode())
+            else:
+                deliver(connection, head_only, *reply(playlist))
 
-        client = f"{connection.ip}|{request.headers.get('user-agent', '')[:128]}"
         held = self.hls.hold(key, msn, part, query=quote_query(credentials) if credentials
-                             else "", client=client, deliver=answer)
-        if type(held) is str:
-            body = held.encode()
-            if counted:
-                self.hls.bytes_sent += len(body)
-            return prefix, body
-        return bool(held)
+                             else "", client=_client(connection.ip, request), deliver=answer)
+        return reply(held) if type(held) is str else bool(held)
 
     async def playlist(self, exchange: Exchange, params: dict[str, str]) -> None:
         if refuse_while_draining(exchange, self.admission):
@@ -158,7 +157,7 @@ class HlsRoutes:
         if key is None:
             return
         request = exchange.request
-        client = f"{exchange.ip}|{request.headers.get('user-agent', '')[:128]}"
+        client = _client(exchange.ip, request)
         msn = part = None
         query = request.query
         if query:  # a player's poll mostly has none: no copy then
@@ -229,11 +228,9 @@ _MEDIA_HEADS = {content_type: head_prefix(200, content_type, _IMMUTABLE, keep_al
 REAUTHORIZE = 30.0
 
 
-def _late(msn: int, part: int | None) -> tuple[bytes, bytes]:
-    """The 503 of a blocking reload whose segment (part) did not come in time, as
-    ``HlsService.playlist`` says it."""
-    body = f"segment {msn} part {part} not ready in time\n".encode()
-    return head_prefix(503, keep_alive=True), body
+def _client(ip: str, request: Request) -> str:
+    """Who asks, for the viewer estimate: address and user agent."""
+    return f"{ip}|{request.headers.get('user-agent', '')[:128]}"
 
 
 def _number(text: str | None) -> int | None:

@@ -242,8 +242,7 @@ class HttpServer(ListeningHandler):
         assert hls is not None
         answer: tuple[bytes, bytes] | bool | None
         if "_HLS_msn" in request.query:  # a Low-Latency blocking reload
-            answer = hls.hold(found.handler, request, found.params, connection,
-                              self._deliver(connection, request.method == "HEAD"))
+            answer = hls.hold(found.handler, request, found.params, connection, self._deliver)
             if answer is True:  # answered by ``deliver``; the next request waits for it
                 connection.held = True
                 cast(asyncio.Transport, transport).pause_reading()
@@ -254,6 +253,7 @@ class HttpServer(ListeningHandler):
             answer = hls.answer_now(found.handler, request, found.params, connection)
         if answer is None or answer is False:
             return False
+        # ``_write``, inlined: this runs for nearly every request of every player
         prefix, body = answer
         head = whole_head(prefix, len(body))
         transport.writelines((head,) if request.method == "HEAD" else (head, body))
@@ -261,25 +261,28 @@ class HttpServer(ListeningHandler):
         connection.due = self._now() + self.settings.keepalive_timeout
         return True
 
-    def _deliver(self, connection: Connection, head_only: bool
-                 ) -> Callable[[bytes, bytes], None]:
-        """How a held request is answered: the response, then reading again."""
+    def _write(self, connection: Connection, head_only: bool, prefix: bytes,
+               body: bytes) -> None:
+        """A kept-alive answer (``head_prefix`` and body) from the shortcut: the connection
+        then waits for its next request."""
+        head = whole_head(prefix, len(body))
+        connection.writer.transport.writelines((head,) if head_only else (head, body))
+        connection.served += 1
+        connection.due = self._now() + self.settings.keepalive_timeout
+
+    def _deliver(self, connection: Connection, head_only: bool, prefix: bytes,
+                 body: bytes) -> None:
+        """How a held request is answered (``HlsRoutes.hold``): the response, then reading
+        again."""
+        connection.held = False
         transport = cast(asyncio.Transport, connection.writer.transport)  # a socket's
-
-        def deliver(prefix: bytes, body: bytes) -> None:
-            connection.held = False
-            if transport.is_closing():  # the client went meanwhile
-                return
-            head = whole_head(prefix, len(body))
-            transport.writelines((head,) if head_only else (head, body))
-            connection.served += 1
-            connection.due = self._now() + self.settings.keepalive_timeout
-            if self.listener.stopping:  # the goodbye left it open for this answer: now idle
-                connection.writer.close()
-            else:
-                transport.resume_reading()
-
-        return deliver
+        if transport.is_closing():  # the client went meanwhile
+            return
+        self._write(connection, head_only, prefix, body)
+        if self.listener.stopping:  # the goodbye left it open for this answer: now idle
+            connection.writer.close()
+        else:
+            transport.resume_reading()
 
     def _now(self) -> float:
         """The event loop's clock. The loop is looked up once: asking for the running loop
